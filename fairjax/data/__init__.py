@@ -1,0 +1,109 @@
+"""Interaction data: readers, splits, negatives and padded client batches.
+
+`load(config.data)` is the one call an experiment needs:
+
+  dataset = fairjax.data.load(config.data)
+  clients = fairjax.data.client_datasets(dataset)
+  candidates = fairjax.data.eval_candidates(dataset, 99, seed)
+"""
+
+import numbers
+
+from fairjax.data.clients import client_datasets
+from fairjax.data.clients import ClientData
+from fairjax.data.movielens import packaged_path
+from fairjax.data.negatives import eval_candidates
+from fairjax.data.negatives import sample_negatives
+from fairjax.data.negatives import train_csr
+from fairjax.data.readers import detect_format
+from fairjax.data.readers import FORMATS
+from fairjax.data.readers import RawInteractions
+from fairjax.data.readers import read_interactions
+from fairjax.data.readers import sniff_format
+from fairjax.data.splits import Dataset
+from fairjax.data.splits import from_train_test
+from fairjax.data.splits import keep_positives
+from fairjax.data.splits import leave_one_out
+from fairjax.data.splits import random_split
+from fairjax.data.splits import reindex
+from fairjax.data.splits import split_summary
+from fairjax.errors import InputError
+
+SPLITS = ("loo", "random")
+
+
+def load(data_config) -> Dataset:
+  """Reads and splits the dataset a config describes.
+
+  Args:
+    data_config: a `ml_collections.ConfigDict` (or dict) with `name`
+      ("ml-100k", "ml-1m", or "" for a file of one's own), `path`, `format`
+      ("auto"), `test_path` ("": split `path` instead), `split` ("loo" or
+      "random"; ignored with `test_path`), `test_fraction` (0.2, for
+      "random"), `min_rating` (0 keeps every interaction; otherwise those
+      rated at least this are the positives) and `seed` (0). Missing fields
+      take these defaults.
+
+  Returns:
+    The re-indexed `Dataset`.
+
+  Raises:
+    InputError: the config is inconsistent or a file is bad.
+  """
+  get = data_config.get
+  name = get("name", "") or ""
+  path = get("path", "") or ""
+  fmt = get("format", "auto") or "auto"
+  test_path = get("test_path", "") or ""
+  split = get("split", "loo")
+  test_fraction = get("test_fraction", 0.2)
+  min_rating = get("min_rating", 0)
+  seed = get("seed", 0)
+  if name and path:
+    raise InputError(f"data.name={name!r} and data.path={path!r} are both "
+                     "set; give one")
+  if not name and not path:
+    raise InputError("no data: set data.name (ml-100k, ml-1m) or data.path")
+  if name and test_path:
+    raise InputError(f"data.test_path is for data.path; data.name={name!r} "
+                     "is split with data.split")
+  if split not in SPLITS:
+    raise InputError(f"data.split={split!r} is unknown; known splits: "
+                     f"{', '.join(SPLITS)}")
+  if (not isinstance(test_fraction, numbers.Real) or
+      isinstance(test_fraction, bool) or not 0 < test_fraction < 1):
+    raise InputError(f"data.test_fraction must be in (0, 1), got "
+                     f"{test_fraction!r}")
+  if (not isinstance(min_rating, numbers.Real) or
+      isinstance(min_rating, bool) or min_rating < 0):
+    raise InputError(f"data.min_rating must be >= 0 (0 keeps all), got "
+                     f"{min_rating!r}")
+  if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+    raise InputError(f"data.seed must be an integer, got {seed!r}")
+  if name:
+    path, fmt = packaged_path(name), "inter"
+  if test_path and fmt == "auto":
+    # A test.txt holding one item per user looks like a two-column table;
+    # the train file shows the real format of both.
+    fmt = sniff_format(path)
+  raw = _positives(read_interactions(path, fmt), min_rating, path)
+  if test_path:
+    test = _positives(read_interactions(test_path, fmt), min_rating,
+                      test_path)
+    return from_train_test(raw, test)
+  if split == "random":
+    return random_split(raw, test_fraction, seed)
+  return leave_one_out(raw, seed)
+
+
+def _positives(raw: RawInteractions, min_rating: float,
+               path: str) -> RawInteractions:
+  """`keep_positives` with errors that name the file."""
+  try:
+    kept = keep_positives(raw, min_rating)
+  except InputError as e:
+    raise InputError(f"{path}: {e}") from None
+  if not len(kept.users):
+    raise InputError(f"{path}: no interaction is rated >= min_rating="
+                     f"{min_rating}")
+  return kept

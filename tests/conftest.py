@@ -1,0 +1,79 @@
+"""Shared fixtures: small synthetic interaction files and config helpers."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_interactions(path, num_users=40, num_items=30, per_user=(4, 12), seed=0):
+  """Writes a CSV of `user,item,rating,timestamp` with some structure.
+
+  Users prefer items of their own "genre" (item % 3 == user % 3), so models
+  can learn something beyond popularity.
+  """
+  rng = np.random.default_rng(seed)
+  lines = ["user,item,rating,timestamp"]
+  for u in range(num_users):
+    n = rng.integers(*per_user)
+    pool = [i for i in range(num_items) if i % 3 == u % 3]
+    other = [i for i in range(num_items) if i % 3 != u % 3]
+    k = min(n, len(pool))
+    items = list(rng.choice(pool, size=k, replace=False))
+    items += list(rng.choice(other, size=max(0, n - k) // 3, replace=False))
+    for t, i in enumerate(items):
+      lines.append(f"u{u},i{i},{rng.integers(1, 6)},{1000 + 10 * t + u}")
+  with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n")
+  return path
+
+
+@pytest.fixture
+def small_csv(tmp_path):
+  return write_interactions(str(tmp_path / "ratings.csv"))
+
+
+def run_launch(module, args, timeout=600, env=None):
+  """Runs `python -m module args` from the repo root; returns CompletedProcess."""
+  full_env = dict(os.environ, **(env or {}))
+  full_env.setdefault("JAX_PLATFORMS", "cpu")
+  return subprocess.run([sys.executable, "-m", module] + list(args), cwd=REPO,
+                        capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def small_config(path, **overrides):
+  """A tiny federated/centralized config on a user file, as a ConfigDict."""
+  sys.path.insert(0, REPO)
+  from configs import common  # pylint: disable=g-import-not-at-top
+  c = common.base_config()
+  c.data.path = path
+  c.embed_dim = 8
+  c.mlp_layers = (16, 8)
+  c.rounds = 4
+  c.clients_per_round = 8
+  c.eval.every = 2
+  c.eval.num_negatives = 9
+  c.client.batch_size = 8
+  c.client.max_items = 16
+  c.capacities = "1:0.5,4:0.5"
+  c.train.epochs = 2
+  c.train.batch_size = 64
+  c.checkpoint_every = 2
+  for k, v in overrides.items():
+    node = c
+    *head, last = k.split(".")
+    for h in head:
+      node = node[h]
+    node[last] = v
+  return c
+
+
+SMALL_FLAGS = ["--config.embed_dim=8", "--config.mlp_layers=(16, 8)", "--config.rounds=4",
+               "--config.clients_per_round=8", "--config.eval.every=2",
+               "--config.eval.num_negatives=9", "--config.client.batch_size=8",
+               "--config.client.max_items=16", "--config.capacities=1:0.5,4:0.5",
+               "--config.train.epochs=2", "--config.train.batch_size=64",
+               "--config.checkpoint_every=2"]

@@ -1,0 +1,113 @@
+"""FAIR's federated laws on a tiny dataset (Simulation driven directly)."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import small_config
+from fairjax import data as data_lib
+from fairjax import simulate
+from fairjax import subspace
+
+
+def _sim(path, **kw):
+  config = small_config(path, **kw)
+  return simulate.Simulation(config, data_lib.load(config.data))
+
+
+def _run(sim, rounds):
+  state = sim.init_state()
+  for r in range(1, rounds + 1):
+    state, _ = sim.round(state, r)
+  return state
+
+
+def test_fair_at_full_capacity_equals_fedavg(small_csv):
+  fair = _run(_sim(small_csv, algorithm="fair", capacities="1:1"), 2)
+  fedavg = _run(_sim(small_csv, algorithm="fedavg", capacities="1:1"), 2)
+  chex.assert_trees_all_equal(fair["params"], fedavg["params"])
+  chex.assert_trees_all_equal(fair["users"], fedavg["users"])
+
+
+def test_fair_differs_from_fedavg_when_compressed(small_csv):
+  fair = _run(_sim(small_csv, algorithm="fair", capacities="4:1"), 1)
+  fedavg = _run(_sim(small_csv, algorithm="fedavg", capacities="4:1"), 1)
+  diff = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), fair["params"], fedavg["params"])
+  assert max(jax.tree.leaves(diff)) > 1e-4
+
+
+def test_vmap_and_scan_execution_agree(small_csv):
+  a = _run(_sim(small_csv, **{"fair.execution": "vmap"}), 2)
+  b = _run(_sim(small_csv, **{"fair.execution": "scan"}), 2)
+  chex.assert_trees_all_close(a["params"], b["params"], atol=1e-5)
+  chex.assert_trees_all_close(a["users"], b["users"], atol=1e-5)
+
+
+def _outside(sim, lv, params):
+  """The component of the item tables outside level lv's subspace."""
+  sub = subspace.subspace(sim.plan.levels[lv].spec)
+  proj = sub.expand(sub.collapse(params))
+  return {p[0]: params[p[0]]["embedding"] - proj[p[0]]["embedding"] for p in sim.shapes}
+
+
+def test_delta_averaging_keeps_what_lies_outside_the_subspace(small_csv):
+  """Only 4x clients: delta mode leaves (I - P)theta alone, weights mode zeroes it."""
+  sim = _sim(small_csv, capacities="4:1", **{"fair.aggregate": "delta"})
+  s0 = sim.init_state()
+  s1, _ = sim.round(s0, 1)
+  chex.assert_trees_all_close(_outside(sim, 0, s1["params"]), _outside(sim, 0, s0["params"]),
+                              atol=1e-6)
+  sim_w = _sim(small_csv, capacities="4:1", **{"fair.aggregate": "weights"})
+  s1w, _ = sim_w.round(sim_w.init_state(), 1)
+  for v in jax.tree.leaves(_outside(sim_w, 0, s1w["params"])):
+    np.testing.assert_allclose(v, 0.0, atol=1e-6)
+  # With every client at 1x the two modes coincide (SGD, lr 1).
+  a = _run(_sim(small_csv, capacities="1:1", **{"fair.aggregate": "delta"}), 1)
+  b = _run(_sim(small_csv, capacities="1:1", **{"fair.aggregate": "weights"}), 1)
+  chex.assert_trees_all_close(a["params"], b["params"], atol=1e-5)
+
+
+def test_client_table_bytes_shrink_by_the_compression(small_csv):
+  sim = _sim(small_csv, capacities="1:0.25,2:0.25,4:0.25,8:0.25")
+  full = sim.level_bytes(0)["tables"]
+  for lv, c in enumerate(sim.levels.compressions):
+    assert sim.level_bytes(lv)["tables"] <= full / c
+    assert sim.level_bytes(lv)["params"] > sim.level_bytes(lv)["tables"]
+
+
+def test_sampling_is_without_replacement_and_stratified(small_csv):
+  sim = _sim(small_csv, capacities="1:0.5,4:0.5", clients_per_round=10)
+  batches = sim.sample(3)
+  for lv, b in enumerate(batches):
+    assert len(set(b.users.tolist())) == len(b.users) == sim.per_level[lv]
+    assert (sim.user_level[b.users] == lv).all()
+  again = sim.sample(3)
+  np.testing.assert_array_equal(batches[0].users, again[0].users)
+
+
+def test_everyone_dropping_out_leaves_the_server_unchanged(small_csv):
+  sim = _sim(small_csv, **{"client.dropout": 1.0})
+  s0 = sim.init_state()
+  s1, stats = sim.round(s0, 1)
+  chex.assert_trees_all_equal(s1["params"], s0["params"])
+  chex.assert_trees_all_equal(s1["users"], s0["users"])
+  assert stats["dropped_clients"] == stats["clients"]
+
+
+def test_smallest_and_drop_plans(small_csv):
+  small = _sim(small_csv, algorithm="smallest", capacities="1:0.5,4:0.5")
+  sizes = {lp.spec[p].size for lp in small.plan.levels for p in small.shapes}
+  assert len(sizes) == 1 and None not in sizes
+  drop = _sim(small_csv, algorithm="drop", capacities="1:0.5,4:0.5")
+  assert [lp.trains for lp in drop.plan.levels] == [True, False]
+  assert drop.per_level[1] == 0
+
+
+def test_inconsistent_clients_hash_differently(small_csv):
+  sim = _sim(small_csv, algorithm="fair_inconsistent", capacities="4:1")
+  seeds = sim.client_seeds(np.array([0, 1, 2]))
+  assert len(set(seeds[:, 0].tolist())) == 3
+  state = _run(sim, 1)
+  for leaf in jax.tree.leaves(state["params"]):
+    assert np.isfinite(np.asarray(leaf)).all()

@@ -1,0 +1,59 @@
+"""Ranking metrics: hand-computed cases, tie handling, the full protocol."""
+import numpy as np
+import pytest
+
+from fairjax import metrics
+
+
+def test_sampled_rank_counts_ties_against_the_model():
+  scores = np.array([[1.0, 0.5, 2.0, 1.0],   # one higher, one tie -> rank 2
+                     [3.0, 0.0, 1.0, 2.0],   # best -> rank 0
+                     [0.0, 0.0, 0.0, 0.0]])  # constant scorer -> worst
+  np.testing.assert_array_equal(np.asarray(metrics.sampled_ranks(scores)), [2, 0, 3])
+
+
+def test_hit_and_ndcg_values():
+  hit, ndcg = metrics.hit_and_ndcg(np.array([0, 1, 9, 10]), k=10)
+  np.testing.assert_array_equal(hit, [1, 1, 1, 0])
+  np.testing.assert_allclose(ndcg, [1.0, 1 / np.log2(3), 1 / np.log2(11), 0.0])
+
+
+def test_evaluate_sampled_with_perfect_and_reversed_scorers():
+  rng = np.random.default_rng(0)
+  users = np.arange(50)
+  cands = np.stack([rng.permutation(100) for _ in users])
+  target = {u: cands[u, 0] for u in users}
+  perfect = lambda u, items: (np.asarray(items) == np.array([target[x] for x in u])[:, None]) * 1.0
+  out = metrics.evaluate_sampled(perfect, users, cands, batch_size=16)
+  assert out["hr@10"].mean() == 1.0 and out["ndcg@10"].mean() == 1.0
+  worst = lambda u, items: -perfect(u, items)
+  out = metrics.evaluate_sampled(worst, users, cands, batch_size=16)
+  assert out["hr@10"].mean() == 0.0
+
+
+def test_full_protocol_masks_training_items_and_matches_hand_values():
+  num_items = 30
+  # User 0 trained on items 0..4; its test items are 5 and 29.
+  indptr = np.array([0, 5])
+  train_items = np.arange(5)
+  # The scorer likes low ids best: training items 0..4 must be skipped, so
+  # the top 20 is 5..24: item 5 hits at position 0, item 29 misses.
+  score = lambda u, items: -np.asarray(items, np.float32)
+  users, out = metrics.evaluate_full(score, num_items, np.array([0, 0]), np.array([5, 29]),
+                                     indptr, train_items, batch_size=4)
+  assert list(users) == [0]
+  idcg = 1 + 1 / np.log2(3)
+  np.testing.assert_allclose(out["ndcg@20"], [1.0 / idcg])
+  np.testing.assert_allclose(out["recall@20"], [0.5])
+
+
+def test_summarise_per_level():
+  per = {"hr@10": np.array([1.0, 0.0, 1.0, 1.0])}
+  out = metrics.summarise(per, groups=np.array([0, 0, 1, 1]), group_names=["1x", "8x"])
+  assert out["hr@10"] == 0.75
+  assert out["level/1x/hr@10"] == 0.5 and out["level/8x/hr@10"] == 1.0
+
+
+@pytest.mark.parametrize("c,name", [(1, "1x"), (8.0, "8x"), (2.5, "2.5x")])
+def test_level_name(c, name):
+  assert metrics.level_name(c) == name
