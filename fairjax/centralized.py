@@ -37,9 +37,9 @@ def _train_chunk(model, opt, loss_name, params, opt_state, users, pos, negs, mas
     u, p, n, m = batch
 
     def objective(params):
-      pos_logits = model.apply(params, u, p)
-      neg_logits = model.apply(params, u[:, None].repeat(n.shape[1], 1), n)
-      return loss_fn(pos_logits, neg_logits, m)
+      both = jnp.concatenate([p[:, None], n], axis=1)
+      logits = model.apply(params, jnp.broadcast_to(u[:, None], both.shape), both)
+      return loss_fn(logits[:, 0], logits[:, 1:], m)
 
     loss, grads = jax.value_and_grad(objective)(params)
     updates, opt_state = opt.update(grads, opt_state, params)
@@ -84,7 +84,7 @@ def train_centralized(config, dataset, evaluate, log, progress):
   model = model_from_config(config, dataset.num_users, dataset.num_items)
   opt = make_optimizer(t.optimizer, t.lr, t.weight_decay)
   models.get_loss(t.loss)
-  params = model.init(jax.random.PRNGKey(config.seed))
+  params = jax.jit(model.init)(jax.random.PRNGKey(config.seed))
   opt_state = opt.init(params)
   rng = np.random.default_rng(config.seed)
   n = len(dataset.train_users)

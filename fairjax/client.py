@@ -66,10 +66,10 @@ def make_local_update(model: models.ModelDef, optimizer: optax.GradientTransform
     opt_state = optimizer.init(params)
 
     def objective(params, pos, negs, valid):
-      zeros = jnp.zeros_like(pos)
-      pos_logits = model.apply(params, zeros, pos, seeds)
-      neg_logits = model.apply(params, jnp.zeros_like(negs), negs, seeds)
-      return loss_fn(pos_logits, neg_logits, valid)
+      # One apply over [positive, negatives] keeps the traced graph small.
+      both = jnp.concatenate([pos[:, None], negs], axis=1)
+      logits = model.apply(params, jnp.zeros_like(both), both, seeds)
+      return loss_fn(logits[:, 0], logits[:, 1:], valid)
 
     def epoch(carry, key):
       params, opt_state = carry

@@ -10,6 +10,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+from fairjax import capacity
 from fairjax import data as data_lib
 from fairjax import evaluation
 from fairjax import metrics
@@ -46,6 +47,8 @@ def validate(config):
     raise InputError(f"embed_dim: must be a positive integer, got {config.embed_dim}")
   if config.eval.every < 1:
     raise InputError(f"eval.every: must be >= 1, got {config.eval.every}")
+  if config.algorithm in FEDERATED:
+    capacity.parse_capacities(config.capacities)
   if config.eval.protocol not in metrics.PROTOCOLS:
     raise InputError(f"eval.protocol: unknown protocol {config.eval.protocol!r}; "
                      f"choose one of {', '.join(metrics.PROTOCOLS)}")

@@ -166,17 +166,35 @@ def _clean(v):
 class MetricsWriter:
   """Appends one JSON object per evaluation to DIR/metrics.jsonl."""
 
-  def __init__(self, workdir, resume_round: Optional[int] = None):
+  def __init__(self, workdir, resume_round: Optional[int] = None, finished=False):
+    """Opens the file: fresh, or truncated to what a checkpoint covers.
+
+    Args:
+      workdir: the run's directory.
+      resume_round: None for a fresh run; else the checkpoint's round, and
+        lines of later rounds (written after that checkpoint) are dropped.
+      finished: the checkpoint is the run's last round (keep its final line);
+        otherwise a stale "final" line of a shorter earlier run is dropped.
+    """
     self.path = os.path.join(workdir, "metrics.jsonl")
     if resume_round is None and os.path.exists(self.path):
       os.remove(self.path)
     elif resume_round is not None and os.path.exists(self.path):
-      # Drop lines written after the checkpoint we resume from.
+      keep = []
       with open(self.path) as f:
-        keep = [l for l in f if l.strip() and json.loads(l).get("round", 0) <= resume_round
-                and not json.loads(l).get("final")]
-      with open(self.path, "w") as f:
+        for line in f:
+          if not line.strip():
+            continue
+          try:
+            rec = json.loads(line)
+          except json.JSONDecodeError:  # a line cut short by a crash
+            continue
+          if rec.get("round", 0) <= resume_round and (finished or not rec.get("final")):
+            keep.append(line if line.endswith("\n") else line + "\n")
+      tmp = self.path + ".tmp"
+      with open(tmp, "w") as f:
         f.writelines(keep)
+      os.replace(tmp, self.path)
 
   def write(self, record: Mapping):
     rec = {k: _clean(v) for k, v in record.items()}

@@ -129,6 +129,12 @@ class Simulation:
 
   def init_state(self):
     """Server params (full tables), server optimizer state, all user tables."""
+    # Jitted: flax's eager init would compile every primitive on its own.
+    if not hasattr(self, "_init_state"):
+      self._init_state = jax.jit(self._build_state)
+    return self._init_state()
+
+  def _build_state(self):
     key = jax.random.PRNGKey(self.config.seed)
     k_server, k_users = jax.random.split(key)
     user0, rest = models.split_user_params(self.full_model.init(k_server), self.kind)
@@ -305,7 +311,7 @@ class Simulation:
     plan = self.plan.levels[lv]
     if not plan.trains:
       return {"shared": 0, "tables": 0, "params": 0}
-    state_shapes = jax.eval_shape(self.init_state)
+    state_shapes = jax.eval_shape(self._build_state)
     params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), state_shapes["params"])
     shared = jax.jit(subspace.subspace(plan.spec).collapse)(params)
     user_bytes = sum(int(self.config.embed_dim) * 4 for _ in state_shapes["users"])
@@ -367,7 +373,7 @@ def run(config, dataset, evaluate, workdir, progress):
     start_round = int(state["round"])
     print(f"resuming from round {start_round} ({ckpt_dir})", file=sys.stderr)
   writer = metrics.MetricsWriter(workdir, resume_round=start_round if last is not None
-                                 else None)
+                                 else None, finished=start_round >= int(config.rounds))
   names = sim.levels.names
   static = {}
   for lv, name in enumerate(names):

@@ -378,8 +378,8 @@ def between(spec_big, spec_small):
   """
   spec_big, spec_small = dict(spec_big), dict(spec_small)
   if set(spec_big) != set(spec_small):
-    raise errors.InputError(
-        f"specs name different tables: {sorted(set(spec_big) ^ set(spec_small))}")
+    differ = sorted(set(spec_big) ^ set(spec_small))
+    raise errors.InputError(f"specs name different tables: {differ}")
   for path in spec_big:
     _check_spec(spec_big[path])
     _check_spec(spec_small[path])

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+JAX_CACHE = os.path.join(os.environ.get("TMPDIR", "/tmp"), "fairjax-jax-cache")
 
 
 def write_interactions(path, num_users=40, num_items=30, per_user=(4, 12), seed=0):
@@ -40,6 +41,9 @@ def run_launch(module, args, timeout=600, env=None):
   """Runs `python -m module args` from the repo root; returns CompletedProcess."""
   full_env = dict(os.environ, **(env or {}))
   full_env.setdefault("JAX_PLATFORMS", "cpu")
+  full_env.setdefault("JAX_COMPILATION_CACHE_DIR", JAX_CACHE)
+  full_env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+  full_env.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
   return subprocess.run([sys.executable, "-m", module] + list(args), cwd=REPO,
                         capture_output=True, text=True, timeout=timeout, env=full_env)
 
@@ -77,3 +81,13 @@ SMALL_FLAGS = ["--config.embed_dim=8", "--config.mlp_layers=(16, 8)", "--config.
                "--config.client.max_items=16", "--config.capacities=1:0.5,4:0.5",
                "--config.train.epochs=2", "--config.train.batch_size=64",
                "--config.checkpoint_every=2"]
+
+
+def pytest_configure(config):
+  del config
+  # Many tests build the same small programs; a persistent cache lets later
+  # tests (and later runs) skip their compilation.
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_compilation_cache_dir", JAX_CACHE)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
