@@ -92,11 +92,9 @@ class Simulation:
     self.shapes = {p: (dataset.num_items, int(config.embed_dim))
                    for p in models.item_table_paths(kind)}
     self.plan = algorithms.make_plan(config.algorithm, self.levels, self.shapes,
-                                     cfg_fair.hash_seed, cfg_fair.exact_sizes)
+                                     cfg_fair.hash_seed, self._model, dataset.num_users,
+                                     cfg_fair.exact_sizes)
     self.table_names = [p[0] for p in self.shapes]
-    self.client_models = [self._model(lp.spec, 1) for lp in self.plan.levels]
-    self.eval_models = [self._model(lp.eval_spec, dataset.num_users)
-                        for lp in self.plan.levels]
     self.local_opt = make_optimizer(c.optimizer, c.lr)
     self.server_opt = make_optimizer(config.server.optimizer, config.server.lr)
     models.get_loss(c.loss)
@@ -122,10 +120,10 @@ class Simulation:
 
   # ------------------------------------------------------------ building
 
-  def _model(self, spec, num_users):
+  def _model(self, num_users, item_sizes=None, seeds=None, **kwargs):
     return models.make_model(self.kind, num_users, self.dataset.num_items,
                              self.config.embed_dim, tuple(self.config.mlp_layers),
-                             algorithms.item_sizes(spec), algorithms.item_seeds(spec))
+                             item_sizes, seeds, **kwargs)
 
   def init_state(self):
     """Server params (full tables), server optimizer state, all user tables."""
@@ -168,8 +166,8 @@ class Simulation:
       return self._programs[lv]
     plan = self.plan.levels[lv]
     spec = plan.spec
-    update = client_lib.make_local_update(self.client_models[lv], self.local_opt,
-                                          self.local_cfg)
+    update = client_lib.make_local_update(plan.model, self.local_opt, self.local_cfg)
+    down = plan.down
     screen = self.screen
     mode = self.config.fair.aggregate
     inconsistent = self.plan.inconsistent
@@ -189,7 +187,7 @@ class Simulation:
       return subspace.subspace(sp).expand(params)
 
     def program(params, user_rows, items, mask, weights, rngs, seeds):
-      shared = None if inconsistent else collapse(params, spec)
+      shared = None if inconsistent else down.collapse(params)
 
       def one(xs):
         user, it, mk, rng, sd = xs
@@ -210,7 +208,7 @@ class Simulation:
       w = weights * oks
       total = server_lib.weighted_sum(outs, w)
       if not inconsistent:
-        total = expand(total, spec)
+        total = down.expand(total)
       answered = (weights > 0) & oks
       keep = lambda new, old: jnp.where(answered.reshape((-1,) + (1,) * (new.ndim - 1)),
                                         new, old)
@@ -313,11 +311,13 @@ class Simulation:
       return {"shared": 0, "tables": 0, "params": 0}
     state_shapes = jax.eval_shape(self._build_state)
     params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), state_shapes["params"])
-    shared = jax.jit(subspace.subspace(plan.spec).collapse)(params)
-    user_bytes = sum(int(self.config.embed_dim) * 4 for _ in state_shapes["users"])
+    shared = jax.jit(plan.down.collapse)(params)
+    user = jax.eval_shape(plan.model.init, jax.random.PRNGKey(0))
+    user_bytes = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(
+        models.split_user_params(user, self.kind)[0]))
     shared_bytes = subspace.param_bytes(shared)
-    return {"shared": shared_bytes, "tables": subspace.table_bytes(shared, plan.spec),
-            "params": shared_bytes + user_bytes}
+    tables = sum(subspace.param_bytes(subspace._get(shared, p)) for p in plan.table_paths)  # pylint: disable=protected-access
+    return {"shared": shared_bytes, "tables": tables, "params": shared_bytes + user_bytes}
 
   # ---------------------------------------------------------- evaluation
 
@@ -329,11 +329,11 @@ class Simulation:
     return fns
 
   def _score_fn(self, lv, plan, state):
-    model = self.eval_models[lv]
+    model = plan.eval_model
     users = {n: {"embedding": e} for n, e in state["users"].items()}
     if not self.plan.inconsistent:
       if lv not in self._eval_fns:
-        sub = subspace.subspace(plan.eval_spec)
+        sub = plan.eval_down
 
         def score(params, users_tab, u, items):
           full = models.merge_user_params(users_tab, sub.collapse(params))
@@ -343,7 +343,7 @@ class Simulation:
       return lambda u, items: fn(state["params"], users, jnp.asarray(u), jnp.asarray(items))
     # Inconsistent: every user scores with the table collapsed under its own seed.
     if lv not in self._eval_fns:
-      spec = plan.eval_spec
+      spec = plan.spec
       names = self.table_names
 
       def score_one(params, users_tab, u, items, seeds):
