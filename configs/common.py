@@ -53,7 +53,8 @@ def base_config(arg=None):
   c.client.loss = "bce"
   c.client.num_negatives = 4
   c.client.max_items = 512  # cap on a client's training items per round
-  c.client.dropout = 0.0
+  c.client.dropout = 0.0  # probability that a sampled client never answers
+  c.client.poison = ""  # test hook: "nan", "huge" or "drop" one client a round
 
   c.server = ml_collections.ConfigDict()
   c.server.optimizer = "sgd"  # sgd with lr 1 = FedAvg; adam = FedAdam; yogi

@@ -4,6 +4,10 @@ A client holds the level's (collapsed) shared params, its own private user
 embedding, and its interactions as a padded item list with a mask. It runs
 `local_epochs` epochs of minibatch training with sampled negatives and
 returns its new params; the caller turns them into a delta.
+
+The pieces (`epoch_batches`, `make_step`) are public so that a plain Python
+loop can run exactly the same math one jitted step at a time (the baseline
+of `launch.bench fair_round`).
 """
 from typing import NamedTuple
 
@@ -38,6 +42,64 @@ def sample_negatives(rng, items, mask, shape, num_items):
   return jnp.where(hits(negs), again, negs)
 
 
+def epoch_keys(rng, local_epochs):
+  return jax.random.split(rng, local_epochs)
+
+
+def epoch_batches(key, mask, batch_size):
+  """One epoch's minibatches: valid items first, in a fresh random order.
+
+  Args:
+    key: the epoch's PRNG key.
+    mask: bool [L], the client's valid item slots.
+    batch_size: minibatch size B.
+
+  Returns:
+    (order int32 [S, B] item slots, valid bool [S, B], step keys [S]) with
+    S = ceil(L / B); steps past the client's data are all-invalid.
+  """
+  num = mask.shape[0]
+  steps = -(-num // batch_size)
+  k_order, k_neg = jax.random.split(key)
+  order = jnp.argsort(jnp.where(mask, jax.random.uniform(k_order, (num,)), 2.0))
+  pad = steps * batch_size - num
+  order = jnp.pad(order, (0, pad))
+  valid = jnp.pad(mask[order[:num]], (0, pad))
+  return (order.reshape(steps, batch_size), valid.reshape(steps, batch_size),
+          jax.random.split(k_neg, steps))
+
+
+def make_step(model: models.ModelDef, optimizer: optax.GradientTransformation,
+              cfg: LocalConfig):
+  """One local SGD/Adam step: `step(params, opt_state, items, mask, idx, ok, key, seeds)`.
+
+  Returns ((params, opt_state), (loss * live, live)); a batch of padding
+  (no valid example) changes nothing.
+  """
+  loss_fn = models.get_loss(cfg.loss)
+
+  def objective(params, pos, negs, valid, seeds):
+    # One apply over [positive, negatives] keeps the traced graph small.
+    both = jnp.concatenate([pos[:, None], negs], axis=1)
+    logits = model.apply(params, jnp.zeros_like(both), both, seeds)
+    return loss_fn(logits[:, 0], logits[:, 1:], valid)
+
+  def step(params, opt_state, items, mask, idx, ok, key, seeds=None):
+    pos = items[idx]
+    negs = sample_negatives(key, items, mask, (idx.shape[0], cfg.num_negatives),
+                            cfg.num_items)
+    loss, grads = jax.value_and_grad(objective)(params, pos, negs,
+                                                ok.astype(jnp.float32), seeds)
+    updates, new_state = optimizer.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    # A batch of padding must not move anything (Adam would, on zeros).
+    live = ok.any()
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(live, a, b), new, old)
+    return (keep(new_params, params), keep(new_state, opt_state)), (loss * live, live)
+
+  return step
+
+
 def make_local_update(model: models.ModelDef, optimizer: optax.GradientTransformation,
                       cfg: LocalConfig):
   """Builds `update(shared, user, items, mask, rng, seeds) -> (shared, user, loss)`.
@@ -56,52 +118,33 @@ def make_local_update(model: models.ModelDef, optimizer: optax.GradientTransform
     It returns the new shared params, the new user params and the mean
     training loss over its valid minibatches.
   """
-  loss_fn = models.get_loss(cfg.loss)
-  bs = cfg.batch_size
+  step = make_step(model, optimizer, cfg)
 
   def update(shared, user, items, mask, rng, seeds=None):
-    num = items.shape[0]
-    steps = -(-num // bs)
     params = models.merge_user_params(user, shared)
     opt_state = optimizer.init(params)
 
-    def objective(params, pos, negs, valid):
-      # One apply over [positive, negatives] keeps the traced graph small.
-      both = jnp.concatenate([pos[:, None], negs], axis=1)
-      logits = model.apply(params, jnp.zeros_like(both), both, seeds)
-      return loss_fn(logits[:, 0], logits[:, 1:], valid)
+    # Steps past the client's own data would change nothing, so a while loop
+    # stops there; under vmap it runs to the longest client of the group,
+    # which is why the simulator groups clients of similar size together.
+    live_steps = -(-mask.sum() // cfg.batch_size)
 
     def epoch(carry, key):
-      params, opt_state = carry
-      k_order, k_neg = jax.random.split(key)
-      # Valid items first, in a fresh random order each epoch.
-      order = jnp.argsort(jnp.where(mask, jax.random.uniform(k_order, (num,)), 2.0))
-      pad = steps * bs - num
-      order = jnp.pad(order, (0, pad))
-      valid = jnp.pad(mask[order[:num]], (0, pad))
-      order, valid = order.reshape(steps, bs), valid.reshape(steps, bs)
+      order, valid, keys = epoch_batches(key, mask, cfg.batch_size)
 
-      def step(carry, xs):
-        params, opt_state = carry
-        idx, ok, key = xs
-        pos = items[idx]
-        negs = sample_negatives(key, items, mask, (bs, cfg.num_negatives), cfg.num_items)
-        okf = ok.astype(jnp.float32)
-        loss, grads = jax.value_and_grad(objective)(params, pos, negs, okf)
-        updates, new_state = optimizer.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
-        # A batch of padding must not move anything (Adam would, on zeros).
-        live = ok.any()
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(live, a, b), new, old)
-        return (keep(new_params, params), keep(new_state, opt_state)), (loss * live, live)
+      def body(c):
+        t, carry, loss_sum, live_sum = c
+        carry, (loss, live) = step(*carry, items, mask, order[t], valid[t], keys[t], seeds)
+        return t + 1, carry, loss_sum + loss, live_sum + live
 
-      keys = jax.random.split(k_neg, steps)
-      (params, opt_state), (losses, lives) = jax.lax.scan(
-          step, (params, opt_state), (order, valid, keys))
-      return (params, opt_state), (losses.sum(), lives.sum())
+      zero = jnp.zeros((), jnp.float32)
+      _, carry, loss_sum, live_sum = jax.lax.while_loop(
+          lambda c: c[0] < live_steps, body,
+          (jnp.zeros((), jnp.int32), carry, zero, jnp.zeros((), jnp.int32)))
+      return carry, (loss_sum, live_sum)
 
-    keys = jax.random.split(rng, cfg.local_epochs)
-    (params, _), (loss_sum, live_sum) = jax.lax.scan(epoch, (params, opt_state), keys)
+    (params, _), (loss_sum, live_sum) = jax.lax.scan(
+        epoch, (params, opt_state), epoch_keys(rng, cfg.local_epochs))
     user_new, shared_new = models.split_user_params(params, model.module.kind)
     loss = loss_sum.sum() / jnp.maximum(live_sum.sum(), 1)
     return shared_new, user_new, loss

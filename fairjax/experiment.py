@@ -3,6 +3,7 @@
 `run(config, workdir)` is what `launch.train` calls and what a notebook can
 call directly; it raises `InputError` for anything wrong in the input.
 """
+import math
 import os
 import sys
 import time
@@ -49,9 +50,39 @@ def validate(config):
     raise InputError(f"eval.every: must be >= 1, got {config.eval.every}")
   if config.algorithm in FEDERATED:
     capacity.parse_capacities(config.capacities)
+    _validate_federated(config)
   if config.eval.protocol not in metrics.PROTOCOLS:
     raise InputError(f"eval.protocol: unknown protocol {config.eval.protocol!r}; "
                      f"choose one of {', '.join(metrics.PROTOCOLS)}")
+
+
+def _validate_federated(config):
+  """Checks the round-loop keys by their names, before any data is read."""
+  # pylint: disable=g-import-not-at-top
+  from fairjax import centralized
+  from fairjax import models
+  from fairjax import simulate
+  if int(config.checkpoint_every) < 1:
+    raise InputError(f"checkpoint_every: must be >= 1, got {config.checkpoint_every}")
+  for side in ("client", "server"):
+    lr = config[side].lr
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+      raise InputError(f"{side}.lr: must be a positive number, got {lr!r}")
+    try:
+      centralized.make_optimizer(config[side].optimizer, lr)
+    except InputError as e:  # "optimizer: unknown ...": say whose
+      raise InputError(f"{side}.{e}") from None
+  try:
+    models.get_loss(config.client.loss)
+  except InputError as e:
+    raise InputError(f"client.{e}") from None
+  for key in ("max_update_norm", "clip_norm"):
+    value = config.server[key]
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+      raise InputError(f"server.{key}: must be a finite number >= 0 (0 = off), got {value!r}")
+  if config.client.poison not in simulate.POISONS:
+    raise InputError(f"client.poison: unknown mode {config.client.poison!r}; choose one of "
+                     f"{', '.join(repr(p) for p in simulate.POISONS)}")
 
 
 def run(config, workdir, verbose=True):
@@ -60,6 +91,10 @@ def run(config, workdir, verbose=True):
   prepare_workdir(workdir)
   start = time.time()
   dataset = data_lib.load(config.data)
+  if not len(dataset.test_users):
+    source = config.data.path or config.data.name
+    raise InputError(f"{source}: the split left no test interactions (every user has a "
+                     "single interaction?)")
   evaluate = evaluation.Evaluator(dataset, config.eval.protocol,
                                   config.eval.num_negatives, seed=config.seed)
   if verbose:

@@ -25,12 +25,22 @@ ITEM_TABLES = ("item_gmf", "item_mlp")
 
 
 class Embedding(nn.Module):
-  """An embedding table, plain or hashed, looked up through one function."""
+  """An embedding table, plain, hashed or low-rank, looked up through one function.
+
+  With `rank` set the table is held as factors `u [rows, rank]`,
+  `v [cols, rank]` and its rows are `u[ids] @ v^T` (FedHM's clients).
+  """
   spec: subspace.TableSpec
   stddev: float = 0.01
+  rank: Optional[int] = None
 
   @nn.compact
   def __call__(self, ids, seed=None):
+    if self.rank is not None:
+      init = nn.initializers.normal(self.stddev)
+      u = self.param("u", init, (self.spec.rows, self.rank))
+      v = self.param("v", init, (self.spec.cols, self.rank))
+      return u[jnp.asarray(ids)] @ v.T
     spec = self.spec if seed is None else self.spec._replace(seed=seed)
     if self.spec.size is None:
       shape = (self.spec.rows, self.spec.cols)
@@ -48,10 +58,12 @@ class NCF(nn.Module):
     tables: TableSpec per table name (user_gmf, item_gmf, user_mlp,
       item_mlp) for the tables this kind uses; see `table_specs`.
     mlp_layers: widths of the MLP tower's hidden layers.
+    item_rank: if set, item tables are low-rank factors of this rank.
   """
   kind: str
   tables: Tuple[Tuple[str, subspace.TableSpec], ...]  # hashable: jit-static
   mlp_layers: Sequence[int] = (64, 32, 16)
+  item_rank: Optional[int] = None
 
   @nn.compact
   def __call__(self, users, items, seeds=None):
@@ -68,11 +80,13 @@ class NCF(nn.Module):
     parts = []
     if self.kind in ("gmf", "neumf"):
       u = Embedding(tables["user_gmf"], name="user_gmf")(users)
-      v = Embedding(tables["item_gmf"], name="item_gmf")(items, seeds.get("item_gmf"))
+      v = Embedding(tables["item_gmf"], rank=self.item_rank, name="item_gmf")(
+          items, seeds.get("item_gmf"))
       parts.append(u * v)
     if self.kind in ("mlp", "neumf"):
       u = Embedding(tables["user_mlp"], name="user_mlp")(users)
-      v = Embedding(tables["item_mlp"], name="item_mlp")(items, seeds.get("item_mlp"))
+      v = Embedding(tables["item_mlp"], rank=self.item_rank, name="item_mlp")(
+          items, seeds.get("item_mlp"))
       x = jnp.concatenate([u, v], axis=-1)
       for i, width in enumerate(self.mlp_layers):
         x = nn.relu(nn.Dense(width, kernel_init=nn.initializers.glorot_uniform(),
@@ -136,16 +150,38 @@ def table_specs(kind, num_users, num_items, embed_dim,
 
 
 def make_model(kind, num_users, num_items, embed_dim, mlp_layers=(64, 32, 16),
-               item_sizes=None, seeds=None) -> ModelDef:
-  """Builds an NCF model definition, validating its hyper-parameters."""
+               item_sizes=None, seeds=None, *, cols=None, item_rank=None) -> ModelDef:
+  """Builds an NCF model definition, validating its hyper-parameters.
+
+  Args:
+    kind: "gmf", "mlp" or "neumf".
+    num_users: rows of the user tables.
+    num_items: rows of the item tables.
+    embed_dim: columns of every table.
+    mlp_layers: widths of the MLP tower.
+    item_sizes: hashed size per item table name (see `table_specs`).
+    seeds: hash seed per item table name.
+    cols: if set, the width of every embedding table instead of `embed_dim`
+      (a HeteroFL client holds the first `cols` columns; the dense layers
+      that read the embeddings shrink with them).
+    item_rank: if set, item tables are low-rank factors `u v^T` of this rank
+      (a FedHM client).
+
+  Returns:
+    A ModelDef.
+  """
   if kind not in MODELS:
     raise InputError(f"model: unknown model {kind!r}; choose one of {', '.join(MODELS)}")
   if int(embed_dim) < 1:
     raise InputError(f"embed_dim: must be a positive integer, got {embed_dim}")
   if any(int(w) < 1 for w in mlp_layers):
     raise InputError(f"mlp_layers: widths must be positive, got {tuple(mlp_layers)}")
-  tables = table_specs(kind, num_users, num_items, int(embed_dim), item_sizes, seeds)
-  module = NCF(kind=kind, tables=tuple(tables.items()), mlp_layers=tuple(int(w) for w in mlp_layers))
+  width = int(embed_dim) if cols is None else int(cols)
+  if width < 1 or (item_rank is not None and int(item_rank) < 1):
+    raise InputError(f"model: table width {width} and rank {item_rank} must be >= 1")
+  tables = table_specs(kind, num_users, num_items, width, item_sizes, seeds)
+  module = NCF(kind=kind, tables=tuple(tables.items()), mlp_layers=tuple(int(w) for w in mlp_layers),
+               item_rank=None if item_rank is None else int(item_rank))
   return ModelDef(module)
 
 

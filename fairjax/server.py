@@ -36,6 +36,8 @@ def screen_update(delta, screen: Screen):
     (delta with rejected entries zeroed and clipping applied, accepted bool,
     norm before clipping).
   """
+  # An update whose squared norm overflows float32 (entries beyond ~1e19)
+  # has an infinite norm, so it is rejected even with max_norm off.
   norm = global_norm(delta)
   ok = jnp.isfinite(norm)
   if screen.max_norm > 0:
@@ -54,7 +56,7 @@ def weighted_sum(trees, weights):
 
 
 def server_step(optimizer: optax.GradientTransformation, params, opt_state, total, weight,
-                aggregate):
+                aggregate, coverage=None):
   """Applies one round's aggregate; leaves the state as is when weight == 0.
 
   Args:
@@ -64,18 +66,42 @@ def server_step(optimizer: optax.GradientTransformation, params, opt_state, tota
     total: sum over clients of weight * expanded delta (or weights).
     weight: the sum of the clients' weights.
     aggregate: "delta" or "weights".
+    coverage: optional pytree like `params`: per entry, the summed weight of
+      the clients that hold it (HeteroFL). Each entry is then averaged over
+      those clients only; an entry no client held is left as it is.
 
   Returns:
     (params, opt_state).
   """
+  if coverage is not None:
+    held = lambda c: c > 0
+    per = lambda t, c: jnp.where(held(c), t / jnp.maximum(c, 1e-12), 0)
+    if aggregate == "delta":
+      g = jax.tree.map(per, total, coverage)
+    else:
+      g = jax.tree.map(lambda t, c, p: jnp.where(held(c), per(t, c) - p, 0),
+                       total, coverage, params)
+    return _apply(optimizer, params, opt_state, g, weight)
   w = jnp.maximum(weight, 1e-12)
   if aggregate == "delta":
     g = jax.tree.map(lambda t: t / w, total)
   else:
     g = jax.tree.map(lambda t, p: t / w - p, total, params)
+  return _apply(optimizer, params, opt_state, g, weight)
+
+
+def _apply(optimizer, params, opt_state, g, weight):
+  """Feeds -g to the server optimizer; keeps the state when no client answered.
+
+  The state is also kept when the step would make it non-finite, so the
+  server never holds inf or NaN whatever the clients send.
+  """
   grads = jax.tree.map(jnp.negative, g)
   updates, new_state = optimizer.update(grads, opt_state, params)
   new_params = optax.apply_updates(params, updates)
-  live = weight > 0
+  # Screened updates are finite, yet their sum or a large server step can
+  # still overflow: a step that would make the state non-finite is skipped.
+  finite = [jnp.isfinite(x).all() for x in jax.tree.leaves((new_params, new_state))]
+  live = (weight > 0) & jnp.stack(finite).all()
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(live, a, b), new, old)
   return keep(new_params, params), keep(new_state, opt_state)

@@ -16,7 +16,7 @@ import functools
 import os
 import sys
 import time
-from typing import Dict, List, NamedTuple
+from typing import Dict, List, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,7 @@ from fairjax import data as data_lib
 from fairjax import metrics
 from fairjax import models
 from fairjax import server as server_lib
+from fairjax import sharding
 from fairjax import subspace
 from fairjax.centralized import make_optimizer
 from fairjax.errors import InputError
@@ -44,6 +45,14 @@ class LevelBatch(NamedTuple):
   mask: np.ndarray     # bool [K, L]
   weights: np.ndarray  # float32 [K]: example count, 0 if the client dropped out
   seeds: np.ndarray    # int32 [K, tables]: hash seeds (inconsistent runs)
+  poison: Optional[np.ndarray] = None  # float32 [K]: upload factor (client.poison)
+
+
+# client.poison, a test hook: one client per round, chosen from (seed, round)
+# alone, misbehaves. "nan" and "huge" multiply its upload by NaN or 1e30 (the
+# screen must reject it); "drop" makes it drop out instead, the reference run
+# whose results a screened poisoned run must reproduce.
+POISONS = {"": None, "nan": float("nan"), "huge": 1e30, "drop": 0.0}
 
 
 def apportion(total, fractions, caps):
@@ -117,6 +126,8 @@ class Simulation:
       self.level_len.append(-(-length // bs) * bs)
     self._programs = {}
     self._eval_fns = {}
+    # Every level's clients are split over these devices (config.num_devices).
+    self.mesh = sharding.make_mesh(int(config.num_devices))
 
   # ------------------------------------------------------------ building
 
@@ -130,7 +141,7 @@ class Simulation:
     # Jitted: flax's eager init would compile every primitive on its own.
     if not hasattr(self, "_init_state"):
       self._init_state = jax.jit(self._build_state)
-    return self._init_state()
+    return sharding.replicate(self._init_state(), self.mesh)
 
   def _build_state(self):
     key = jax.random.PRNGKey(self.config.seed)
@@ -171,6 +182,7 @@ class Simulation:
     screen = self.screen
     mode = self.config.fair.aggregate
     inconsistent = self.plan.inconsistent
+    expand_each = plan.expand_each
     names = self.table_names
     k = int(self.per_level[lv])
     chunk = k if self.config.fair.execution == "vmap" else 1
@@ -186,28 +198,35 @@ class Simulation:
     def expand(params, sp):
       return subspace.subspace(sp).expand(params)
 
-    def program(params, user_rows, items, mask, weights, rngs, seeds):
+    def program(params, user_rows, items, mask, weights, rngs, seeds, poison=None):
       shared = None if inconsistent else down.collapse(params)
+      shared_full = down.expand(shared) if expand_each else None
 
       def one(xs):
-        user, it, mk, rng, sd = xs
+        user, it, mk, rng, sd, pz = xs
         sp = tables_with(sd) if inconsistent else spec
         start = collapse(params, sp) if inconsistent else shared
         tseeds = {n: sd[t] for t, n in enumerate(names)} if inconsistent else None
         new_shared, new_user, loss = update(start, user, it, mk, rng, tseeds)
         delta = jax.tree.map(jnp.subtract, new_shared, start)
+        if pz is not None:  # client.poison hook
+          delta = jax.tree.map(lambda d: d * pz.astype(d.dtype), delta)
         delta, ok, norm = server_lib.screen_update(delta, screen)
         out = delta if mode == "delta" else jax.tree.map(
             lambda d, s: jnp.where(ok, s + d, 0), delta, start)
         if inconsistent:
           out = expand(out, sp)
+        elif expand_each:
+          # A nonlinear expand (FedHM's u v^T) does not commute with the sum.
+          out = (jax.tree.map(jnp.subtract, down.expand(jax.tree.map(jnp.add, start, delta)),
+                              shared_full) if mode == "delta" else down.expand(out))
         return out, new_user, loss, ok, norm
 
       outs, new_users, losses, oks, norms = jax.lax.map(
-          one, (user_rows, items, mask, rngs, seeds), batch_size=chunk)
+          one, (user_rows, items, mask, rngs, seeds, poison), batch_size=chunk)
       w = weights * oks
       total = server_lib.weighted_sum(outs, w)
-      if not inconsistent:
+      if not inconsistent and not expand_each:
         total = down.expand(total)
       answered = (weights > 0) & oks
       keep = lambda new, old: jnp.where(answered.reshape((-1,) + (1,) * (new.ndim - 1)),
@@ -215,14 +234,24 @@ class Simulation:
       new_users = jax.tree.map(keep, new_users, user_rows)
       return total, w.sum(), new_users, losses, oks, norms
 
-    self._programs[lv] = jax.jit(program)
+    # Outputs: (total, weight sum) summed over clients, then per-client ones.
+    self._programs[lv] = sharding.shard_clients(program, self.mesh, num_summed=2)
     return self._programs[lv]
 
   @functools.cached_property
   def _server_step(self):
     opt, mode = self.server_opt, self.config.fair.aggregate
     # No donation: callers (tests, notebooks) may keep the previous state.
-    return jax.jit(lambda p, s, t, w: server_lib.server_step(opt, p, s, t, w, mode))
+    return jax.jit(lambda p, s, t, w, c=None: server_lib.server_step(opt, p, s, t, w, mode, c))
+
+  @functools.lru_cache(maxsize=None)
+  def coverage(self, lv):
+    """Per server entry, 1 where a client of level lv holds it, else 0 (HeteroFL)."""
+    down = self.plan.levels[lv].down
+    shapes = jax.eval_shape(self._build_state)["params"]
+    held = jax.eval_shape(down.collapse, shapes)
+    return jax.jit(lambda: down.expand(jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype),
+                                                    held)))()
 
   # -------------------------------------------------------------- rounds
 
@@ -235,7 +264,11 @@ class Simulation:
       if k == 0:
         batches.append(None)
         continue
-      sel = np.sort(rng.choice(users, size=k, replace=False)).astype(np.int32)
+      sel = rng.choice(users, size=k, replace=False)
+      # Ordered by data size, so vmapped chunks hold clients of similar
+      # length (a chunk runs as many steps as its longest client).
+      sizes = self.indptr[sel + 1] - self.indptr[sel]
+      sel = sel[np.lexsort((sel, sizes))].astype(np.int32)
       length = self.level_len[lv]
       items = np.zeros((k, length), np.int32)
       mask = np.zeros((k, length), bool)
@@ -249,12 +282,37 @@ class Simulation:
       dropped = rng.random(k) < self.config.client.dropout
       weights[dropped] = 0.0
       batches.append(LevelBatch(sel, items, mask, weights, self.client_seeds(sel)))
-    return batches
+    return self._poison(batches, rnd)
+
+  def _poison(self, batches, rnd):
+    """Applies the client.poison hook to one client of the round (see POISONS)."""
+    mode = self.config.client.poison
+    if not mode:
+      return batches
+    slots = [(lv, i) for lv, b in enumerate(batches) if b is not None
+             for i in range(len(b.users))]
+    if not slots:
+      return batches
+    # Its own stream: the round's sampling and dropouts stay as without the hook.
+    lv, i = slots[np.random.default_rng([self.config.seed, 104729, rnd]).integers(len(slots))]
+    out = list(batches)
+    if mode == "drop":
+      weights = out[lv].weights.copy()
+      weights[i] = 0.0
+      out[lv] = out[lv]._replace(weights=weights)
+      return out
+    for j, b in enumerate(out):
+      if b is not None:
+        factor = np.ones(len(b.users), np.float32)
+        if j == lv:
+          factor[i] = POISONS[mode]
+        out[j] = b._replace(poison=factor)
+    return out
 
   def round(self, state, rnd):
     """Runs round `rnd` (1-based); returns (state, round statistics)."""
     params = state["params"]
-    total, weight = None, 0.0
+    total, weight, cover = None, 0.0, None
     users = dict(state["users"])
     stats = {"dropped_clients": 0, "rejected_updates": 0, "clients": 0,
              "bytes_down": 0, "bytes_up": 0}
@@ -264,14 +322,19 @@ class Simulation:
       if batch is None:
         continue
       k = len(batch.users)
-      rows = {n: {"embedding": users[n][batch.users][:, None, :]} for n in users}
+      cols = slice(None, self.plan.levels[lv].user_cols)  # HeteroFL trains a prefix
+      rows = {n: {"embedding": users[n][batch.users][:, None, cols]} for n in users}
       rngs = jax.random.split(jax.random.fold_in(key, lv), k)
       t, w, new_rows, loss, ok, _ = self._level_program(lv)(
-          params, rows, batch.items, batch.mask, batch.weights, rngs, batch.seeds)
+          params, rows, batch.items, batch.mask, batch.weights, rngs, batch.seeds,
+          batch.poison)
       for n in users:
-        users[n] = users[n].at[batch.users].set(new_rows[n]["embedding"][:, 0, :])
+        users[n] = users[n].at[batch.users, cols].set(new_rows[n]["embedding"][:, 0, :])
       total = t if total is None else jax.tree.map(jnp.add, total, t)
       weight = weight + w
+      if self.plan.levels[lv].per_entry:
+        held = jax.tree.map(lambda x: x * w, self.coverage(lv))
+        cover = held if cover is None else jax.tree.map(jnp.add, cover, held)
       answered = batch.weights > 0
       ok = np.asarray(ok)
       stats["clients"] += k
@@ -283,7 +346,7 @@ class Simulation:
       loss = np.asarray(loss)
       good = answered & ok & np.isfinite(loss)
       losses.extend(loss[good].tolist())
-    params, opt_state = self._server_step(params, state["opt_state"], total, weight)
+    params, opt_state = self._server_step(params, state["opt_state"], total, weight, cover)
     stats["train_loss"] = float(np.mean(losses)) if losses else float("nan")
     stats["answered_weight"] = float(weight)
     acc = state["acc"]
@@ -323,6 +386,7 @@ class Simulation:
 
   def score_fns(self, state):
     """One scoring function per level: its model, the users' own embeddings."""
+    state = sharding.local(state)  # score on one device, not on every one of the mesh
     fns = []
     for lv, plan in enumerate(self.plan.levels):
       fns.append(self._score_fn(lv, plan, state))
@@ -336,7 +400,8 @@ class Simulation:
         sub = plan.eval_down
 
         def score(params, users_tab, u, items):
-          full = models.merge_user_params(users_tab, sub.collapse(params))
+          # Users too: a HeteroFL level slices their rows.
+          full = sub.collapse(models.merge_user_params(users_tab, params))
           return model.apply(full, jnp.broadcast_to(u[:, None], items.shape), items)
         self._eval_fns[lv] = jax.jit(score)
       fn = self._eval_fns[lv]
@@ -365,15 +430,19 @@ def run(config, dataset, evaluate, workdir, progress):
   """Runs the federated experiment; resumes from WORKDIR/checkpoints/."""
   sim = Simulation(config, dataset)
   ckpt_dir = os.path.join(workdir, "checkpoints")
-  state = sim.init_state()
-  start_round = 0
-  last = checkpoint.latest(ckpt_dir)
+  # The config is stored with each checkpoint: a rerun with other settings is refused.
+  meta = checkpoint.config_meta(config)
+  last, state = checkpoint.restore_latest(ckpt_dir, sim.init_state(), meta)
+  # Several processes resume from what process 0 found; it alone writes files.
+  last, state = sharding.from_lead(last, state)
+  lead = sharding.is_lead()
+  state = sharding.replicate(jax.tree.map(jnp.asarray, state), sim.mesh)
+  start_round = int(state["round"])
   if last is not None:
-    state = jax.tree.map(jnp.asarray, checkpoint.restore(ckpt_dir, last, state))
-    start_round = int(state["round"])
     print(f"resuming from round {start_round} ({ckpt_dir})", file=sys.stderr)
   writer = metrics.MetricsWriter(workdir, resume_round=start_round if last is not None
-                                 else None, finished=start_round >= int(config.rounds))
+                                 else None, finished=start_round >= int(config.rounds)
+                                 ) if lead else None
   names = sim.levels.names
   static = {}
   for lv, name in enumerate(names):
@@ -392,6 +461,7 @@ def run(config, dataset, evaluate, workdir, progress):
   last_eval = start_round
   for rnd in bar:
     state, stats = sim.round(state, rnd)
+    checkpoint.crash_point("round", rnd)  # test hook: a kill mid-training
     is_last = rnd == rounds
     if rnd % every == 0 or is_last:
       acc = jax.device_get(state["acc"])
@@ -410,7 +480,8 @@ def run(config, dataset, evaluate, workdir, progress):
         record["final"] = True
         if int(state["answered_rounds"]) == 0:
           record["note"] = "no client ever answered: this is the initial model"
-      writer.write(record)
+      if writer:
+        writer.write(record)
       final = record
       key = names[0]
       if hasattr(bar, "set_postfix"):
@@ -420,9 +491,9 @@ def run(config, dataset, evaluate, workdir, progress):
       last_eval = rnd
       round_start = time.time()
       del key
-    if rnd % ckpt_every == 0 or is_last:
-      checkpoint.save(ckpt_dir, rnd, state)
+    if (rnd % ckpt_every == 0 or is_last) and lead:
+      checkpoint.save(ckpt_dir, rnd, state, meta=meta)
   if final is None:  # resumed after the last round: report the stored result
-    records = metrics.read_metrics(workdir)
+    records = metrics.read_metrics(workdir) if lead else []
     final = records[-1] if records else {}
   return final

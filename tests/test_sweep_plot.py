@@ -1,0 +1,101 @@
+"""The sweep (grid -> table -> plots) and launch.plot, on a tiny dataset."""
+import csv
+import os
+
+import pytest
+
+from conftest import SMALL_FLAGS
+from conftest import run_launch
+from conftest import small_config
+from fairjax import plotting
+from fairjax import sweep
+from fairjax.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+  from conftest import write_interactions  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("sweep")
+  path = write_interactions(str(root / "ratings.csv"))
+  config = small_config(path, rounds=2)
+  dists = {"two": "1:0.5,4:0.5", "deep": "1:0.5,16:0.5"}
+  workdir = str(root / "out")
+  cells = sweep.run_grid(config, workdir, ["fair", "heterofl", "popularity"], dists, [0, 1],
+                         log=lambda s: None)
+  return config, path, dists, workdir, cells
+
+
+def test_grid_runs_every_cell_once_and_resumes(grid):
+  config, _, dists, workdir, cells = grid
+  assert len(cells) == 2 * 2 * 3
+  assert os.path.isdir(os.path.join(workdir, "deep", "heterofl", "seed1"))
+  # popularity ignores the devices' memory: one run per seed, shared.
+  assert len({c.workdir for c in cells if c.algorithm == "popularity"}) == 2
+  logged = []
+  again = sweep.run_grid(config, workdir, ["fair"], dists, [0], log=logged.append)
+  assert not logged  # finished cells are reused, nothing reruns
+  assert again[0].final == [c for c in cells if c.algorithm == "fair"][0].final
+
+
+def test_summary_table_csv_and_plots(grid):
+  config, _, dists, workdir, cells = grid
+  rows = sweep.summarise(cells, config.eval.protocol)
+  assert [(r["distribution"], r["algorithm"]) for r in rows][:3] == [
+      ("two", "heterofl"), ("two", "fair"), ("two", "popularity")]
+  deep = {r["algorithm"]: r for r in rows if r["distribution"] == "deep"}
+  assert deep["heterofl"]["excluded_clients"] > 0  # d = 8 < 16
+  assert deep["fair"]["excluded_clients"] == 0
+  assert deep["fair"]["seeds"] == 2 and deep["fair"]["hr@10_std"] is not None
+  assert "level/16x/ndcg@10" in deep["fair"]
+  out = sweep.write_results(rows, cells, workdir, config.eval.protocol, dists)
+  text = open(out["markdown"]).read()
+  assert "| heterofl |" in text and "`1:0.5,16:0.5`" in text and "margin" in text
+  with open(out["csv"]) as f:
+    table = list(csv.DictReader(f))
+  assert len(table) == len(rows) and "level/4x/hr@10_std" in table[0]
+  for p in out["plots"]:
+    assert os.path.getsize(p) > 1000 and p.endswith(".png")
+  marg = sweep.margins(rows, "ndcg@10")
+  assert {m["distribution"] for m in marg} == {"deep"}  # only there did a rival exclude
+
+
+def test_parse_distributions():
+  assert sweep.parse_distributions("wide") == {"wide": "1:0.25,8:0.25,64:0.25,512:0.25"}
+  assert sweep.parse_distributions("a=1:0.5,2:0.5;b=1:1") == {"a": "1:0.5,2:0.5", "b": "1:1"}
+  with pytest.raises(InputError):
+    sweep.parse_distributions("huge")
+  with pytest.raises(InputError):
+    sweep.parse_distributions("a=1:0.5,2:0.6")
+
+
+def test_plot_curves_per_level(grid, tmp_path):
+  _, _, _, workdir, cells = grid
+  fair = [c for c in cells if c.algorithm == "fair" and c.distribution == "two"][0]
+  runs = plotting.load_runs([fair.workdir], ["fair"])
+  assert plotting.level_names(runs["fair"]) == ["1x", "4x"]
+  fig = plotting.plot_curves(runs, "hr@10")
+  assert len(fig.axes) == 3  # overall, 1x, 4x
+  assert plotting.save(fig, str(tmp_path / "c.png"))
+
+
+def test_launch_plot_and_sweep_entry_points(grid, tmp_path):
+  _, path, _, workdir, cells = grid
+  runs = sorted({c.workdir for c in cells if c.distribution == "two"})
+  out = str(tmp_path / "fig" / "curves.png")
+  proc = run_launch("launch.plot", [f"--runs={','.join(runs)}", "--metric=ndcg@10",
+                                    f"--out={out}"])
+  assert proc.returncode == 0, proc.stderr
+  assert os.path.getsize(out) > 1000
+  bad = run_launch("launch.plot", [f"--runs={runs[0]}", "--metric=nope", f"--out={out}"])
+  assert bad.returncode == 2 and bad.stderr.startswith("error:")
+  # The sweep entry point tabulates what finished (no training here).
+  proc = run_launch("launch.sweep", ["--config=configs/ml100k.py", f"--workdir={workdir}",
+                                     "--config.data.name=", f"--config.data.path={path}",
+                                     "--algorithms=fair,heterofl,popularity",
+                                     "--distributions=two=1:0.5,4:0.5;deep=1:0.5,16:0.5",
+                                     "--seeds=0,1", "--summary_only"] + SMALL_FLAGS)
+  assert proc.returncode == 0, proc.stderr
+  assert "| fair |" in proc.stdout
+  bad = run_launch("launch.sweep", ["--config=configs/ml100k.py", f"--workdir={workdir}",
+                                    "--distributions=huge"])
+  assert bad.returncode == 2 and "huge" in bad.stderr
