@@ -12,16 +12,35 @@ from fairjax import models
 from fairjax.errors import InputError
 
 
-def make_optimizer(name, lr, weight_decay=0.0):
-  """An optax optimizer by name ("sgd", "adam", "adagrad", "yogi")."""
+SCHEDULES = ("constant", "cosine")
+
+
+def make_optimizer(name, lr, weight_decay=0.0, schedule="constant", total_steps=None):
+  """An optax optimizer by name ("sgd", "adam", "adamw", "adagrad", "yogi").
+
+  Args:
+    name: optimizer name.
+    lr: peak learning rate.
+    weight_decay: L2 penalty added to the gradient (decoupled for adamw).
+    schedule: "constant" or "cosine" (decays to 0 over total_steps).
+    total_steps: length of the cosine schedule.
+  """
   table = {"sgd": optax.sgd, "adam": optax.adam, "adagrad": optax.adagrad,
-           "yogi": optax.yogi}
+           "yogi": optax.yogi, "adamw": optax.adamw}
   if name not in table:
     raise InputError(f"optimizer: unknown optimizer {name!r}; choose one of "
                      f"{', '.join(table)}")
   if not lr > 0:
     raise InputError(f"learning rate must be positive, got {lr}")
-  opt = table[name](lr)
+  if schedule not in SCHEDULES:
+    raise InputError(f"schedule: unknown schedule {schedule!r}; choose one of "
+                     f"{', '.join(SCHEDULES)}")
+  rate = lr
+  if schedule == "cosine":
+    rate = optax.cosine_decay_schedule(lr, max(1, int(total_steps)))
+  if name == "adamw":
+    return optax.adamw(rate, weight_decay=weight_decay)
+  opt = table[name](rate)
   if weight_decay:
     opt = optax.chain(optax.add_decayed_weights(weight_decay), opt)
   return opt
@@ -82,7 +101,9 @@ def train_centralized(config, dataset, evaluate, log, progress):
   if t.epochs < 1 or t.batch_size < 1 or t.num_negatives < 1:
     raise InputError("train: epochs, batch_size and num_negatives must be >= 1")
   model = model_from_config(config, dataset.num_users, dataset.num_items)
-  opt = make_optimizer(t.optimizer, t.lr, t.weight_decay)
+  steps_per_epoch = -(-len(dataset.train_users) // int(t.batch_size))
+  opt = make_optimizer(t.optimizer, t.lr, t.weight_decay, t.schedule,
+                       steps_per_epoch * int(t.epochs))
   models.get_loss(t.loss)
   params = jax.jit(model.init)(jax.random.PRNGKey(config.seed))
   opt_state = opt.init(params)

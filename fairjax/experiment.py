@@ -106,7 +106,10 @@ def run(config, workdir, verbose=True):
     from fairjax import simulate  # pylint: disable=g-import-not-at-top
     final = simulate.run(config, dataset, evaluate, workdir, progress_bar)
   else:
-    writer = metrics.MetricsWriter(workdir)
+    from fairjax import sharding  # pylint: disable=g-import-not-at-top
+    # Not sharded: under several processes each trains the same model, and
+    # process 0 alone writes it down.
+    writer = metrics.MetricsWriter(workdir) if sharding.is_lead() else None
     from fairjax import centralized  # pylint: disable=g-import-not-at-top
     records = []
 
@@ -116,11 +119,10 @@ def run(config, workdir, verbose=True):
       centralized.train_centralized(config, dataset, evaluate, log, progress_bar)
     else:
       centralized.popularity(config, dataset, evaluate, log)
-    for r in records[:-1]:
-      writer.write(r)
     final = dict(records[-1], final=True)
     final["time/total_seconds"] = time.time() - start
-    writer.write(final)
+    for r in (records[:-1] + [final]) if writer else []:
+      writer.write(r)
   return final
 
 

@@ -74,12 +74,16 @@ def plot_curves(runs: Mapping[str, Records], metric: str, per_level: bool = True
   for ax, (name, key) in zip(axes[0], panels):
     for i, (label, records) in enumerate(runs.items()):
       color = colors[i % len(colors)]
-      federated = any("round" in r for r in records)
+      # Centralized logs epochs and popularity round 0: both are references.
+      federated = any("epoch" not in r and r.get("round", 0) > 0 for r in records)
       pts = _curve(records, key)
       if federated and len(pts):
         ax.plot(pts[:, 0], pts[:, 1], marker="o", ms=3, label=label, color=color)
-      elif records and records[-1].get(key) is not None:
-        ax.axhline(records[-1][key], ls="--", lw=1, label=label, color=color)
+      elif records:
+        # A reference has no levels: its overall value is what any level would get.
+        value = records[-1].get(key, records[-1].get(metric))
+        if value is not None:
+          ax.axhline(value, ls="--", lw=1, label=label, color=color)
     ax.set_title(name)
     ax.set_xlabel("round")
     ax.grid(alpha=0.3)
@@ -108,7 +112,7 @@ def plot_finals(rows: Sequence[Mapping], metric: str, group: str = "distribution
   groups = list(dict.fromkeys(r[group] for r in rows))
   algos = list(dict.fromkeys(r["algorithm"] for r in rows))
   width = 0.8 / max(1, len(algos))
-  fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(groups) * len(algos) * 0.35 + 2), 3.6))
+  fig, ax = plt.subplots(figsize=(max(6.0, 0.42 * len(groups) * len(algos) + 2), 4.0))
   for i, a in enumerate(algos):
     xs, ys, es = [], [], []
     for g, name in enumerate(groups):
@@ -121,7 +125,8 @@ def plot_finals(rows: Sequence[Mapping], metric: str, group: str = "distribution
   ax.set_xticks(range(len(groups)), groups)
   ax.set_ylabel(metric)
   ax.grid(axis="y", alpha=0.3)
-  ax.legend(fontsize=7, ncol=3, loc="upper right")
+  ax.legend(fontsize=7, ncol=min(len(algos), 5), loc="upper center",
+            bbox_to_anchor=(0.5, -0.1))
   if title:
     ax.set_title(title)
   fig.tight_layout()

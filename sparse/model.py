@@ -36,6 +36,10 @@ class Dense:
   units: int
   activation: str = "relu"
   sparsity: float = 1.0
+  hashes_per_table: Optional[int] = None
+  num_tables: Optional[int] = None
+  range_pow: Optional[int] = None
+  reservoir: Optional[int] = None
 
 
 @dataclasses.dataclass

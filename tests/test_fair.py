@@ -11,6 +11,9 @@ from fairjax import simulate
 from fairjax import subspace
 
 
+SGD1 = {"server.optimizer": "sgd", "server.lr": 1.0}  # FedAvg's server step
+
+
 def _sim(path, **kw):
   config = small_config(path, **kw)
   return simulate.Simulation(config, data_lib.load(config.data))
@@ -53,18 +56,18 @@ def _outside(sim, lv, params):
 
 def test_delta_averaging_keeps_what_lies_outside_the_subspace(small_csv):
   """Only 4x clients: delta mode leaves (I - P)theta alone, weights mode zeroes it."""
-  sim = _sim(small_csv, capacities="4:1", **{"fair.aggregate": "delta"})
+  sim = _sim(small_csv, capacities="4:1", **{"fair.aggregate": "delta"}, **SGD1)
   s0 = sim.init_state()
   s1, _ = sim.round(s0, 1)
   chex.assert_trees_all_close(_outside(sim, 0, s1["params"]), _outside(sim, 0, s0["params"]),
                               atol=1e-6)
-  sim_w = _sim(small_csv, capacities="4:1", **{"fair.aggregate": "weights"})
+  sim_w = _sim(small_csv, capacities="4:1", **{"fair.aggregate": "weights"}, **SGD1)
   s1w, _ = sim_w.round(sim_w.init_state(), 1)
   for v in jax.tree.leaves(_outside(sim_w, 0, s1w["params"])):
     np.testing.assert_allclose(v, 0.0, atol=1e-6)
   # With every client at 1x the two modes coincide (SGD, lr 1).
-  a = _run(_sim(small_csv, capacities="1:1", **{"fair.aggregate": "delta"}), 1)
-  b = _run(_sim(small_csv, capacities="1:1", **{"fair.aggregate": "weights"}), 1)
+  a = _run(_sim(small_csv, capacities="1:1", **{"fair.aggregate": "delta"}, **SGD1), 1)
+  b = _run(_sim(small_csv, capacities="1:1", **{"fair.aggregate": "weights"}, **SGD1), 1)
   chex.assert_trees_all_close(a["params"], b["params"], atol=1e-5)
 
 

@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -18,28 +19,47 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _start(args):
+def _start(args, tmp_path, name, **env_extra):
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=JAX_CACHE,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.2",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", **env_extra)
   env.pop("XLA_FLAGS", None)  # one CPU device per process: a mesh of two
   env.pop("JAX_COORDINATOR_ADDRESS", None)
-  return subprocess.Popen([sys.executable, "-m", "launch.train"] + args, cwd=REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  # Files, not pipes: a process must never block on a full pipe while its
+  # peer waits for it in a collective.
+  out = open(tmp_path / f"{name}.out", "w+")
+  err = open(tmp_path / f"{name}.err", "w+")
+  proc = subprocess.Popen([sys.executable, "-m", "launch.train"] + args, cwd=REPO, env=env,
+                          stdout=out, stderr=err, text=True)
+  return proc, out, err
 
 
-def _finish(procs, timeout=600):
-  """Waits for all; kills the rest if one hangs, so the suite never blocks."""
-  outs = []
+def _finish(started, timeout=600):
+  """Waits for all; if one fails or time runs out, stops the rest at once.
+
+  A process whose peer died waits in a collective (or for the coordinator)
+  for minutes; the test should fail with the first error instead.
+  """
+  deadline = time.time() + timeout
+  procs = [p for p, _, _ in started]
   try:
-    for p in procs:
-      outs.append(p.communicate(timeout=timeout))
+    while any(p.poll() is None for p in procs) and time.time() < deadline:
+      if any(p.poll() not in (None, 0) for p in procs):
+        break
+      time.sleep(0.5)
   finally:
     for p in procs:
       if p.poll() is None:
         p.kill()
         p.wait()
-  return [(p.returncode, out, err) for p, (out, err) in zip(procs, outs)]
+  results = []
+  for p, out, err in started:
+    out.seek(0)
+    err.seek(0)
+    results.append((p.returncode, out.read(), err.read()))
+    out.close()
+    err.close()
+  return results
 
 
 def _metrics(workdir):
@@ -54,13 +74,16 @@ def test_two_processes_match_one(tmp_path, small_csv):
   shared = str(tmp_path / "two")  # one workdir for both: a shared filesystem
   port = _free_port()
   dist = [f"--coordinator=127.0.0.1:{port}", "--num_processes=2"]
-  procs = [_start(base + [f"--workdir={tmp_path / 'one'}"]),
-           _start(base + [f"--workdir={shared}", "--process_id=0"] + dist),
-           _start(base + [f"--workdir={shared}", "--process_id=1"] + dist)]
-  (rc1, out1, err1), (rc0, out0, err0), (rcb, outb, errb) = _finish(procs)
-  assert rc1 == 0, err1[-3000:]
-  assert rc0 == 0, err0[-3000:]
-  assert rcb == 0, errb[-3000:]
+  # The coordinator listens on loopback only (JAX's default is every address).
+  bind = {"JAX_COORDINATOR_BIND_ADDRESS": f"127.0.0.1:{port}"}
+  results = _finish([
+      _start(base + [f"--workdir={tmp_path / 'one'}"], tmp_path, "one"),
+      _start(base + [f"--workdir={shared}", "--process_id=0"] + dist, tmp_path, "p0", **bind),
+      _start(base + [f"--workdir={shared}", "--process_id=1"] + dist, tmp_path, "p1", **bind)])
+  report = "\n".join(f"--- {n}: exit {rc}\n{err[-2000:]}"
+                      for n, (rc, _, err) in zip(("one", "p0", "p1"), results))
+  assert all(rc == 0 for rc, _, _ in results), report
+  (_, _, _), (_, out0, _), (_, outb, _) = results
   # Process 0 alone reports: one table, and metrics written once.
   assert "| overall |" in out0 and "| overall |" not in outb
   one, two = _metrics(str(tmp_path / "one")), _metrics(shared)
