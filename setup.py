@@ -19,6 +19,7 @@ setuptools.setup(
         "orbax-checkpoint>=0.11,<0.13",
         "tqdm>=4.66,<5",
         "matplotlib>=3.8,<4",
+        "numba>=0.60,<0.70",
     ],
     extras_require={
         "test": ["pytest>=8,<10", "nbclient>=0.10,<0.12", "nbformat>=5.10,<6",
