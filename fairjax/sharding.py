@@ -16,8 +16,10 @@ which the level program already treats as clients that dropped out, and the
 padding is cut off again before anything is returned.
 
 Several processes (`jax.distributed.initialize`): every process builds the
-same host batch (sampling depends on (seed, round) only), so no process has
-to send its clients' data to another; each device reads its own slice.
+same host batch (sampling depends on (seed, round) only), so no process
+sends clients' data to another; the batch (item ids and masks: small) goes
+to every device whole, and each device trains its own slice of it. The
+server state is replicated on every device; process 0 writes the files.
 """
 from typing import Optional
 

@@ -1,7 +1,7 @@
 r"""Plots a metric against round for several runs, overall and per capacity level.
 
   python -m launch.plot --runs=runs/fair,runs/fedavg [--labels=FAIR,FedAvg] \
-      --metric=ndcg@10 --out=figures/curves.png [--no-per_level]
+      --metric=ndcg@10 --out=figures/curves.png [--noper_level]
 
 Reads each run's metrics.jsonl and writes one PNG: a panel for the overall
 metric and one per capacity level (`level/<c>x/<metric>`). Runs without
