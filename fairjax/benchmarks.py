@@ -272,16 +272,23 @@ def fair_scaling(quick=False):
       "|---|---|---|---|---|---|---|",
       *rows,
       "",
-      f"What limits scaling here: this machine has {os.cpu_count()} cores, and forced "
-      "host devices are not extra hardware, only extra XLA CPU devices sharing "
-      "those cores. One device runs a level's clients as one program "
-      "whose many small steps mostly occupy one core, so a second device can put the "
-      "second core to work; beyond the core count, devices only take turns. Each "
-      "extra device also adds a cross-device sum of every level's expanded update, "
-      "zero clients that pad each level to a multiple of N, and a dispatch. The "
-      "machine is shared: when other jobs load it, a run with more threads also gets "
-      "a larger share of the cores, which flatters the larger N. Real devices (GPUs, "
-      "TPU cores, hosts) bring their own compute, and the same program uses them.",
+      f"Params after one round differ from one device's by float rounding (another "
+      f"summation order); with the `{config.server.optimizer}` server that rounding can "
+      "show: Adam's first step moves an entry by about lr * g / (|g| + 1e-8), so "
+      "entries whose aggregate g is near 1e-8 are sensitive to it. With FedAvg's "
+      "server, 1 and 4 devices give the same metrics (`tests/test_sharding.py`).",
+      "",
+      f"What limits scaling here: this machine has {os.cpu_count()} cores, shared with "
+      "other jobs (see the load average); the rounds kept "
+      f"{min(r['cores'] for r in results.values()):.2f} to "
+      f"{max(r['cores'] for r in results.values()):.2f} cores busy on average, whatever "
+      "N. Forced host devices are not extra hardware, only extra XLA CPU devices on "
+      "the same cores: splitting a level's clients over N of them can only use cores "
+      "that one device leaves idle, never more than the machine has. Each extra "
+      "device adds a cross-device sum of every level's expanded update, zero clients "
+      "that pad each level to a multiple of N (none here), and a dispatch. Devices "
+      "that bring their own compute (GPUs, TPU cores, hosts) divide the clients' work "
+      "with the same program.",
   ])
   top = SCALING_DEVICES[-1]
   return BenchResult(table, f"fair_scaling speedup_{top}_devices="

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-AGGREGATES = ("delta", "weights")
+AGGREGATES = ("delta", "weights", "nested")
 
 
 class Screen(NamedTuple):
@@ -105,3 +105,42 @@ def _apply(optimizer, params, opt_state, g, weight):
   live = (weight > 0) & jnp.stack(finite).all()
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(live, a, b), new, old)
   return keep(new_params, params), keep(new_state, opt_state)
+
+
+def nested_average(level_totals, level_weights, projections):
+  """Averages each nested layer of the subspaces over the clients that hold it.
+
+  With consistent, collapsible subspaces P_1 ⊂ P_2 ⊂ ... (most compressed
+  first), the space splits into orthogonal layers L_j = P_j - P_{j-1}. Layer
+  j is held by the clients of level j and of every larger level, so its
+  average divides by their weight only. Plain `delta` averaging divides
+  every layer by the weight of all clients, which shrinks what only the
+  large devices can learn by the share of small devices in the round.
+
+  Args:
+    level_totals: per level (most compressed first), sum_k w_k expand(delta_k).
+    level_weights: per level, sum_k w_k.
+    projections: per level, params -> expand(collapse(params)) onto its subspace.
+
+  Returns:
+    The averaged update g (a pytree like the totals).
+  """
+  total = level_totals[0]
+  for t in level_totals[1:]:
+    total = jax.tree.map(jnp.add, total, t)
+  g = jax.tree.map(jnp.zeros_like, total)
+  below = jax.tree.map(jnp.zeros_like, total)
+  for j, proj in enumerate(projections):
+    held = sum(level_weights[j:])
+    here = proj(total)
+    layer = jax.tree.map(jnp.subtract, here, below)
+    scale = jnp.where(held > 0, 1.0 / jnp.maximum(held, 1e-12), 0.0)
+    g = jax.tree.map(lambda a, b: a + b * scale.astype(b.dtype), g, layer)
+    below = here
+  return g
+
+
+def apply_average(optimizer, params, opt_state, g, weight):
+  """Feeds an already averaged update to the server optimizer (see _apply)."""
+  return _apply(optimizer, params, opt_state, g, weight)
+

@@ -212,14 +212,14 @@ class Simulation:
         if pz is not None:  # client.poison hook
           delta = jax.tree.map(lambda d: d * pz.astype(d.dtype), delta)
         delta, ok, norm = server_lib.screen_update(delta, screen)
-        out = delta if mode == "delta" else jax.tree.map(
+        out = delta if mode != "weights" else jax.tree.map(
             lambda d, s: jnp.where(ok, s + d, 0), delta, start)
         if inconsistent:
           out = expand(out, sp)
         elif expand_each:
           # A nonlinear expand (FedHM's u v^T) does not commute with the sum.
           out = (jax.tree.map(jnp.subtract, down.expand(jax.tree.map(jnp.add, start, delta)),
-                              shared_full) if mode == "delta" else down.expand(out))
+                              shared_full) if mode != "weights" else down.expand(out))
         return out, new_user, loss, ok, norm
 
       outs, new_users, losses, oks, norms = jax.lax.map(
@@ -243,6 +243,32 @@ class Simulation:
     opt, mode = self.server_opt, self.config.fair.aggregate
     # No donation: callers (tests, notebooks) may keep the previous state.
     return jax.jit(lambda p, s, t, w, c=None: server_lib.server_step(opt, p, s, t, w, mode, c))
+
+  @functools.cached_property
+  def _nested(self):
+    """Whether rounds use `server.nested_average` (fair.aggregate="nested")."""
+    if self.config.fair.aggregate != "nested":
+      return False
+    if self.plan.inconsistent or any(lp.spec is None for lp in self.plan.levels):
+      raise InputError("fair.aggregate=nested needs consistent hashed subspaces "
+                       f"(algorithm {self.config.algorithm!r} has none)")
+    return True
+
+  @functools.cached_property
+  def _nested_step(self):
+    opt = self.server_opt
+    # Most compressed first: the order in which the subspaces nest.
+    order = sorted(range(len(self.plan.levels)),
+                   key=lambda lv: -self.plan.levels[lv].compression)
+
+    def step(params, opt_state, totals, weights, weight):
+      lvs = [lv for lv in order if lv in totals]
+      projections = [
+          (lambda x, d=self.plan.levels[lv].down: d.expand(d.collapse(x))) for lv in lvs]
+      g = server_lib.nested_average([totals[lv] for lv in lvs],
+                                    [weights[lv] for lv in lvs], projections)
+      return server_lib.apply_average(opt, params, opt_state, g, weight)
+    return jax.jit(step)
 
   @functools.lru_cache(maxsize=None)
   def coverage(self, lv):
@@ -313,6 +339,7 @@ class Simulation:
     """Runs round `rnd` (1-based); returns (state, round statistics)."""
     params = state["params"]
     total, weight, cover = None, 0.0, None
+    level_totals, level_weights = {}, {}
     users = dict(state["users"])
     stats = {"dropped_clients": 0, "rejected_updates": 0, "clients": 0,
              "bytes_down": 0, "bytes_up": 0}
@@ -332,6 +359,7 @@ class Simulation:
         users[n] = users[n].at[batch.users, cols].set(new_rows[n]["embedding"][:, 0, :])
       total = t if total is None else jax.tree.map(jnp.add, total, t)
       weight = weight + w
+      level_totals[lv], level_weights[lv] = t, w
       if self.plan.levels[lv].per_entry:
         held = jax.tree.map(lambda x: x * w, self.coverage(lv))
         cover = held if cover is None else jax.tree.map(jnp.add, cover, held)
@@ -346,7 +374,11 @@ class Simulation:
       loss = np.asarray(loss)
       good = answered & ok & np.isfinite(loss)
       losses.extend(loss[good].tolist())
-    params, opt_state = self._server_step(params, state["opt_state"], total, weight, cover)
+    if self._nested and level_totals:
+      params, opt_state = self._nested_step(params, state["opt_state"], level_totals,
+                                            level_weights, weight)
+    else:
+      params, opt_state = self._server_step(params, state["opt_state"], total, weight, cover)
     stats["train_loss"] = float(np.mean(losses)) if losses else float("nan")
     stats["answered_weight"] = float(weight)
     acc = state["acc"]

@@ -1,7 +1,7 @@
 """Bad input of every kind ends with exit code 2 and one `error:` line.
 
 Each case is a full `launch.train` command line (malformed files, invalid
-configs, an unwritable or mismatched workdir). Running ~40 interpreters would
+configs, an unwritable or mismatched workdir). Starting 55 interpreters would
 cost a minute of imports, so one driver process imports the libraries once
 and forks a child per case that runs `launch.train` as `python -m` does
 (`runpy`, `__main__`); the child's exit status and output are the command's.

@@ -114,3 +114,29 @@ def test_inconsistent_clients_hash_differently(small_csv):
   state = _run(sim, 1)
   for leaf in jax.tree.leaves(state["params"]):
     assert np.isfinite(np.asarray(leaf)).all()
+
+
+def test_nested_average_equals_delta_when_every_client_shares_a_subspace(small_csv):
+  # SGD: Adam would blow float-rounding differences up to full steps.
+  a = _run(_sim(small_csv, capacities="4:1", **{"fair.aggregate": "nested"}, **SGD1), 2)
+  b = _run(_sim(small_csv, capacities="4:1", **{"fair.aggregate": "delta"}, **SGD1), 2)
+  chex.assert_trees_all_close(a["params"], b["params"], atol=1e-6)
+
+
+def test_nested_average_divides_each_layer_by_the_clients_that_hold_it():
+  """Two nested levels: the fine layer is averaged over the big clients only."""
+  from fairjax import server as server_lib
+  spec_small = subspace.TableSpec(6, 4, 3, 4)
+  spec_big = subspace.TableSpec(6, 4, 3, 8)
+  proj = lambda sp: (lambda t: {"t": subspace.expand(subspace.collapse(t["t"], sp), sp)})
+  rng = np.random.default_rng(0)
+  big = {"t": jnp.asarray(rng.normal(size=(6, 4)), jnp.float32)}
+  small_w = jnp.asarray(rng.normal(size=(4,)), jnp.float32)
+  small = {"t": subspace.expand(small_w, spec_small)}
+  # Level totals already weighted: 3 units of weight at the big level, 1 small.
+  t_big = proj(spec_big)({"t": 3.0 * big["t"]})
+  g = server_lib.nested_average([small, t_big], [1.0, 3.0], [proj(spec_small), proj(spec_big)])
+  p_small = proj(spec_small)
+  coarse = (p_small(small)["t"] + p_small(t_big)["t"]) / 4.0
+  fine = (t_big["t"] - p_small(t_big)["t"]) / 3.0
+  np.testing.assert_allclose(g["t"], coarse + fine, atol=1e-5)

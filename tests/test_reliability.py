@@ -162,7 +162,7 @@ def _sim(path, **kw):
 
 def test_dropout_loses_updates_and_renormalises_over_survivors(csv):
   """The server step is the survivors' weighted mean of their own updates."""
-  sim = _sim(csv, **{"client.dropout": 0.5})
+  sim = _sim(csv, **{"client.dropout": 0.5, "server.optimizer": "sgd", "server.lr": 1.0})
   s0 = sim.init_state()
   batches = sim.sample(1)
   answered = np.concatenate([b.weights > 0 for b in batches])
