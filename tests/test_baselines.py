@@ -18,8 +18,13 @@ from fairjax import server as server_lib
 from fairjax import simulate
 
 
+# FedAvg's server step (SGD, lr 1): the laws below are about averaging, and a
+# per-coordinate server optimizer (the default FedAdam) would blur them.
+SGD1 = {"server.optimizer": "sgd", "server.lr": 1.0}
+
+
 def _sim(path, **kw):
-  config = small_config(path, **kw)
+  config = small_config(path, **{**SGD1, **kw})
   return simulate.Simulation(config, data_lib.load(config.data))
 
 
