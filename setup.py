@@ -16,7 +16,6 @@ setuptools.setup(
         "numpy>=1.26,<3",
         "absl-py>=2.0,<3",
         "ml_collections>=0.1.1,<2",
-        "orbax-checkpoint>=0.11,<0.13",
         "tqdm>=4.66,<5",
         "matplotlib>=3.8,<4",
         "numba>=0.60,<0.70",
