@@ -16,7 +16,7 @@ import functools
 import os
 import sys
 import time
-from typing import Dict, List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -515,14 +515,12 @@ def run(config, dataset, evaluate, workdir, progress):
       if writer:
         writer.write(record)
       final = record
-      key = names[0]
       if hasattr(bar, "set_postfix"):
         shown = {k: f"{record[k]:.3f}" for k in evaluate.names if record.get(k) is not None}
         bar.set_postfix(shown)
       state = Simulation.reset_acc(state)
       last_eval = rnd
       round_start = time.time()
-      del key
     if (rnd % ckpt_every == 0 or is_last) and lead:
       checkpoint.save(ckpt_dir, rnd, state, meta=meta)
   if final is None:  # resumed after the last round: report the stored result

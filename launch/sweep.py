@@ -11,12 +11,12 @@ resumes. Writes WORKDIR/results.md, WORKDIR/results.csv and
 WORKDIR/plots/*.png. `--distributions` takes names (mild, wide, extreme) or
 "NAME=COMPRESSION:FRACTION,...;NAME=...".
 """
-import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
+
+from launch import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Base experiment config file (configs/*.py).", lock_config=True)
@@ -29,29 +29,15 @@ _SUMMARY_ONLY = flags.DEFINE_bool("summary_only", False,
                                   "Only tabulate the cells that already finished.")
 
 
-def fail(message):
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
-
-
 def parse_flags(argv):
-  try:
-    rest = flags.FLAGS(argv)
-  except flags.Error as e:
-    fail(str(e).replace("\n", " "))
-  except Exception as e:  # pylint: disable=broad-except
-    fail(f"{type(e).__name__}: {e}".replace("\n", " "))
-  logging.set_verbosity(logging.WARNING)
-  if _CONFIG.value is None:
-    fail("--config: required, e.g. --config=configs/ml1m.py")
-  if not _WORKDIR.value:
-    fail("--workdir: required")
+  rest = cli.parse_flags_or_fail(argv)
+  cli.require_config_and_workdir(_CONFIG, _WORKDIR, "configs/ml1m.py")
   return rest
 
 
 def main(argv):
   if len(argv) > 1:
-    fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   from fairjax import sweep  # pylint: disable=g-import-not-at-top
   from fairjax.errors import InputError  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
@@ -74,7 +60,7 @@ def main(argv):
     out = sweep.write_results(rows, cells, _WORKDIR.value, config.eval.protocol,
                               distributions)
   except InputError as e:
-    fail(str(e))
+    cli.fail(str(e))
   print(sweep.markdown(rows, config.eval.protocol, distributions))
   print(f"wrote {out['markdown']}, {out['csv']} and {len(out['plots'])} plots")
 

@@ -75,6 +75,27 @@ def small_config(path, **overrides):
   return c
 
 
+# FedAvg's server step (SGD, lr 1): laws about averaging need it, since a
+# per-coordinate server optimizer (the default FedAdam) would blur them.
+SGD1 = {"server.optimizer": "sgd", "server.lr": 1.0}
+
+
+def make_sim(path, **overrides):
+  """A Simulation on the small file `path` (config overrides as in small_config)."""
+  from fairjax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from fairjax import simulate  # pylint: disable=g-import-not-at-top
+  config = small_config(path, **overrides)
+  return simulate.Simulation(config, data_lib.load(config.data))
+
+
+def run_rounds(sim, rounds):
+  """The state after `rounds` rounds from the initial state."""
+  state = sim.init_state()
+  for r in range(1, rounds + 1):
+    state, _ = sim.round(state, r)
+  return state
+
+
 SMALL_FLAGS = ["--config.embed_dim=8", "--config.mlp_layers=(16, 8)", "--config.rounds=4",
                "--config.clients_per_round=8", "--config.eval.every=2",
                "--config.eval.num_negatives=9", "--config.client.batch_size=8",

@@ -9,30 +9,21 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import SGD1
+from conftest import make_sim
+from conftest import run_rounds
 from conftest import small_config
 from fairjax import algorithms
-from fairjax import data as data_lib
 from fairjax import experiment
 from fairjax import models
 from fairjax import server as server_lib
-from fairjax import simulate
-
-
-# FedAvg's server step (SGD, lr 1): the laws below are about averaging, and a
-# per-coordinate server optimizer (the default FedAdam) would blur them.
-SGD1 = {"server.optimizer": "sgd", "server.lr": 1.0}
 
 
 def _sim(path, **kw):
-  config = small_config(path, **{**SGD1, **kw})
-  return simulate.Simulation(config, data_lib.load(config.data))
+  return make_sim(path, **{**SGD1, **kw})
 
 
-def _run(sim, rounds):
-  state = sim.init_state()
-  for r in range(1, rounds + 1):
-    state, _ = sim.round(state, r)
-  return state
+_run = run_rounds
 
 
 def _params(kind="neumf", d=8, layers=(16, 8), items=30):

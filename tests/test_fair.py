@@ -3,27 +3,15 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
-from conftest import small_config
-from fairjax import data as data_lib
-from fairjax import simulate
+from conftest import SGD1
+from conftest import make_sim
+from conftest import run_rounds
 from fairjax import subspace
 
 
-SGD1 = {"server.optimizer": "sgd", "server.lr": 1.0}  # FedAvg's server step
-
-
-def _sim(path, **kw):
-  config = small_config(path, **kw)
-  return simulate.Simulation(config, data_lib.load(config.data))
-
-
-def _run(sim, rounds):
-  state = sim.init_state()
-  for r in range(1, rounds + 1):
-    state, _ = sim.round(state, r)
-  return state
+_sim = make_sim
+_run = run_rounds
 
 
 def test_fair_at_full_capacity_equals_fedavg(small_csv):

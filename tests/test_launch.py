@@ -6,7 +6,6 @@ import pytest
 
 from conftest import SMALL_FLAGS
 from conftest import run_launch
-from conftest import write_interactions
 
 
 def _metrics(workdir):

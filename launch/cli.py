@@ -1,0 +1,40 @@
+"""What every entry point shares: one `error:` line and exit code 2."""
+import sys
+
+from absl import flags
+from absl import logging
+
+
+def fail(message):
+  """Prints `error: message` on stderr and exits with code 2."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def parse_flags_or_fail(argv):
+  """absl flag parsing where every bad flag or config override exits 2.
+
+  config_flags raises plain KeyError/ValueError/TypeError for a bad
+  `--config.KEY=VALUE`, absl raises flags.Error for the rest.
+  """
+  try:
+    rest = flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(str(e).replace("\n", " "))
+  except (AttributeError, KeyError) as e:
+    # ConfigDict names only the missing field; point at the flag that used it.
+    field = str(e).strip("\"'")
+    used = [a.split("=")[0] for a in argv
+            if a.startswith("--config.") and field in a.split("=")[0].split(".")]
+    fail(f"{used[0] if used else field}: no such config key (see configs/common.py)")
+  except Exception as e:  # pylint: disable=broad-except
+    fail(f"{type(e).__name__}: {e}".replace("\n", " "))
+  logging.set_verbosity(logging.WARNING)
+  return rest
+
+
+def require_config_and_workdir(config_flag, workdir_flag, example):
+  if config_flag.value is None:
+    fail(f"--config: required, e.g. --config={example}")
+  if not workdir_flag.value:
+    fail("--workdir: required")
