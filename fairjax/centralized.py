@@ -74,13 +74,15 @@ def model_from_config(config, num_users, num_items):
                            tuple(config.mlp_layers))
 
 
-def score_fn_for(model, params):
-  apply = jax.jit(model.apply)
+@functools.partial(jax.jit, static_argnums=0)
+def _score(model, params, users, items):
+  return model.apply(params, jnp.broadcast_to(users[:, None], items.shape), items)
 
-  def score(users, items):
-    users = jnp.asarray(users)
-    return apply(params, jnp.broadcast_to(users[:, None], items.shape), jnp.asarray(items))
-  return score
+
+def score_fn_for(model, params):
+  # One module-level jit keyed on the (hashable) model: a jit of the bound
+  # method built here would retrace and recompile at every evaluation.
+  return lambda users, items: _score(model, params, jnp.asarray(users), jnp.asarray(items))
 
 
 def train_centralized(config, dataset, evaluate, log, progress):

@@ -160,8 +160,11 @@ class Simulation:
             "round": jnp.zeros((), jnp.int32), "acc": acc,
             "answered_rounds": jnp.zeros((), jnp.int32)}
 
-  def client_seeds(self, users):
-    """Per-client table seeds [K, tables] (inconsistent) or the shared ones."""
+  @functools.cached_property
+  def _user_seeds(self):
+    """Every user's table seeds [U, tables], computed once (sampling and the
+    inconsistent evaluation index it each round)."""
+    users = np.arange(self.dataset.num_users)
     out = np.zeros((len(users), len(self.table_names)), np.int64)
     for t, path in enumerate(self.shapes):
       if self.plan.inconsistent:
@@ -171,6 +174,10 @@ class Simulation:
         spec = self.plan.levels[0].spec[path]
         out[:, t] = spec.seed
     return out.astype(np.int32)
+
+  def client_seeds(self, users):
+    """Per-client table seeds [K, tables] (inconsistent) or the shared ones."""
+    return self._user_seeds[np.asarray(users)]
 
   def _level_program(self, lv):
     if lv in self._programs:
@@ -357,9 +364,11 @@ class Simulation:
           batch.poison)
       for n in users:
         users[n] = users[n].at[batch.users, cols].set(new_rows[n]["embedding"][:, 0, :])
-      total = t if total is None else jax.tree.map(jnp.add, total, t)
+      if self._nested:  # nested_average sums the levels itself
+        level_totals[lv], level_weights[lv] = t, w
+      else:
+        total = t if total is None else jax.tree.map(jnp.add, total, t)
       weight = weight + w
-      level_totals[lv], level_weights[lv] = t, w
       if self.plan.levels[lv].per_entry:
         held = jax.tree.map(lambda x: x * w, self.coverage(lv))
         cover = held if cover is None else jax.tree.map(jnp.add, cover, held)
