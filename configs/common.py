@@ -24,7 +24,7 @@ def base_config(arg=None):
   c.data.seed = 0  # seeds the split (random split, ties in time)
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.protocol = "sampled"  # sampled full
+  c.eval.protocol = "sampled"  # sampled full both
   c.eval.every = 25
   c.eval.num_negatives = 99
 
@@ -39,6 +39,20 @@ def base_config(arg=None):
   c.train.loss = "bce"
   c.train.num_negatives = 4
   c.train.steps_per_call = 256
+  # L2 on the embedding rows a batch looks up (0 = off).
+  c.train.embed_l2 = 0.0
+  # Centralized-only architecture: width of the MLP tables (0 = embed_dim) and
+  # the MLP tower (() = mlp_layers). Federated runs ignore both.
+  c.train.mlp_embed_dim = 0
+  c.train.mlp_layers = ()
+  # NeuMF pre-training (NCF paper): > 0 trains GMF, then MLP, this many epochs
+  # each (train.optimizer, train.lr), starts NeuMF from them with the head
+  # concat(alpha * GMF head, (1 - alpha) * MLP head), then trains NeuMF
+  # train.epochs with finetune_optimizer / finetune_lr ("" / 0 = the above).
+  c.train.pretrain_epochs = 0
+  c.train.pretrain_alpha = 0.5
+  c.train.finetune_optimizer = ""
+  c.train.finetune_lr = 0.0
 
   # Federated rounds.
   c.rounds = 200
@@ -62,11 +76,21 @@ def base_config(arg=None):
   # steps keep rarely seen item rows from being diluted by the average).
   c.server.optimizer = "adam"
   c.server.lr = 3e-2
+  # Adam/Yogi/Adagrad epsilon (FedAdam's tau); 0 keeps optax's default.
+  c.server.eps = 0.0
   c.server.max_update_norm = 0.0  # reject updates with larger norm (0 = off)
   c.server.clip_norm = 0.0
 
   c.fair = ml_collections.ConfigDict()
-  c.fair.aggregate = "delta"  # delta weights
+  c.fair.aggregate = "delta"  # delta weights nested
+  # How a level's summed update reaches the full tables: "expand" (P w, the
+  # design's default), "adjoint" (P D^-1 w, the transpose of collapse: a
+  # compressed client's update becomes the projection of its gradient, not
+  # up to c times longer) or "isometric" (P D^-1/2 w, norm-preserving).
+  c.fair.lift = "expand"
+  # Client weights p_k ∝ examples_k * c_k^-level_weight; 0 (the design's
+  # p_k ∝ examples) treats every level alike.
+  c.fair.level_weight = 0.0
   c.fair.exact_sizes = False
   c.fair.federate_user = False
   c.fair.execution = "vmap"  # vmap scan

@@ -9,6 +9,7 @@ import optax
 
 from fairjax import data as data_lib
 from fairjax import models
+from fairjax import subspace
 from fairjax.errors import InputError
 
 
@@ -46,10 +47,16 @@ def make_optimizer(name, lr, weight_decay=0.0, schedule="constant", total_steps=
   return opt
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(3, 4))
-def _train_chunk(model, opt, loss_name, params, opt_state, users, pos, negs, mask):
-  """Runs len(users) steps (leading axis) of minibatch training in one scan."""
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3), donate_argnums=(4, 5))
+def _train_chunk(model, opt, loss_name, embed_l2, params, opt_state, users, pos, negs, mask):
+  """Runs len(users) steps (leading axis) of minibatch training in one scan.
+
+  `embed_l2` > 0 adds embed_l2 * (sum of squares of the embedding rows the
+  batch looks up) / (unmasked positives): L2 on the batch's rows only, as
+  NCF implementations regularise, rather than decay of whole tables.
+  """
   loss_fn = models.get_loss(loss_name)
+  tables = model.tables
 
   def step(carry, batch):
     params, opt_state = carry
@@ -58,7 +65,18 @@ def _train_chunk(model, opt, loss_name, params, opt_state, users, pos, negs, mas
     def objective(params):
       both = jnp.concatenate([p[:, None], n], axis=1)
       logits = model.apply(params, jnp.broadcast_to(u[:, None], both.shape), both)
-      return loss_fn(logits[:, 0], logits[:, 1:], m)
+      loss = loss_fn(logits[:, 0], logits[:, 1:], m)
+      if embed_l2:
+        penalty = 0.0
+        for name, spec in tables.items():
+          ids = u if name in models.USER_TABLES else both
+          rows = subspace.lookup(params[name]["embedding"], spec, ids)
+          sq = jnp.sum(rows * rows, axis=-1)
+          if sq.ndim > 1:
+            sq = sq.sum(-1)
+          penalty += (sq * m).sum()
+        loss += embed_l2 * penalty / jnp.maximum(m.sum(), 1.0)
+      return loss
 
     loss, grads = jax.value_and_grad(objective)(params)
     updates, opt_state = opt.update(grads, opt_state, params)
@@ -69,9 +87,17 @@ def _train_chunk(model, opt, loss_name, params, opt_state, users, pos, negs, mas
   return params, opt_state, losses.mean()
 
 
-def model_from_config(config, num_users, num_items):
-  return models.make_model(config.model, num_users, num_items, config.embed_dim,
-                           tuple(config.mlp_layers))
+def model_from_config(config, num_users, num_items, kind=None):
+  """The centralized model: `config.model` (or `kind`) with the train.* overrides.
+
+  `train.mlp_embed_dim` and `train.mlp_layers`, when set, replace the width
+  of the MLP tables and the MLP tower; federated runs never read them.
+  """
+  t = config.train
+  layers = tuple(t.mlp_layers) if len(t.mlp_layers) else tuple(config.mlp_layers)
+  mlp_dim = int(t.mlp_embed_dim) or None
+  return models.make_model(kind or config.model, num_users, num_items, config.embed_dim,
+                           layers, mlp_dim=mlp_dim)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -85,38 +111,44 @@ def score_fn_for(model, params):
   return lambda users, items: _score(model, params, jnp.asarray(users), jnp.asarray(items))
 
 
-def train_centralized(config, dataset, evaluate, log, progress):
-  """Trains on all training interactions; evaluates every `eval.every` epochs.
-
-  Args:
-    config: the experiment ConfigDict (uses model, embed_dim, mlp_layers,
-      train.*, eval.every, seed).
-    dataset: a `fairjax.data.Dataset`.
-    evaluate: Evaluator; called with a score function.
-    log: callable(record dict) writing one metrics line.
-    progress: callable(iterable, total, desc) -> iterable (a progress bar).
-
-  Returns:
-    (params, last metrics dict).
-  """
+def _validate_train(config):
   t = config.train
   if t.epochs < 1 or t.batch_size < 1 or t.num_negatives < 1:
     raise InputError("train: epochs, batch_size and num_negatives must be >= 1")
-  model = model_from_config(config, dataset.num_users, dataset.num_items)
-  steps_per_epoch = -(-len(dataset.train_users) // int(t.batch_size))
-  opt = make_optimizer(t.optimizer, t.lr, t.weight_decay, t.schedule,
-                       steps_per_epoch * int(t.epochs))
+  if int(t.pretrain_epochs) < 0:
+    raise InputError(f"train.pretrain_epochs: must be >= 0, got {t.pretrain_epochs}")
+  if int(t.pretrain_epochs) and config.model != "neumf":
+    raise InputError(f"train.pretrain_epochs: pre-training builds NeuMF from GMF and MLP; "
+                     f"model is {config.model!r}")
+  if not 0.0 <= float(t.pretrain_alpha) <= 1.0:
+    raise InputError(f"train.pretrain_alpha: must be in [0, 1], got {t.pretrain_alpha}")
+  if int(t.mlp_embed_dim) < 0:
+    raise InputError(f"train.mlp_embed_dim: must be >= 0 (0 = embed_dim), got "
+                     f"{t.mlp_embed_dim}")
+  if not float(t.embed_l2) >= 0.0:
+    raise InputError(f"train.embed_l2: must be >= 0, got {t.embed_l2}")
+  if float(t.finetune_lr) < 0:
+    raise InputError(f"train.finetune_lr: must be >= 0 (0 = train.lr), got {t.finetune_lr}")
   models.get_loss(t.loss)
-  params = jax.jit(model.init)(jax.random.PRNGKey(config.seed))
+
+
+def _fit(config, dataset, model, params, opt, epochs, rng, evaluate, log, progress,
+         phase, first_round):
+  """Trains `params` of `model` for `epochs` epochs; returns (params, last record).
+
+  Evaluates every `eval.every` epochs and after the last; records carry
+  `phase` (the model being trained), `epoch` (within the phase) and `round`
+  (epochs since the start of the run, pre-training included).
+  """
+  t = config.train
   opt_state = opt.init(params)
-  rng = np.random.default_rng(config.seed)
   n = len(dataset.train_users)
   bs = int(t.batch_size)
   steps = -(-n // bs)
   chunk = max(1, min(steps, int(t.steps_per_call)))
   padded_steps = -(-steps // chunk) * chunk
   last = {}
-  for epoch in progress(range(1, t.epochs + 1), t.epochs, "epochs"):
+  for epoch in progress(range(1, epochs + 1), epochs, f"{phase} epochs"):
     start = time.time()
     perm = rng.permutation(n)
     users = dataset.train_users[perm]
@@ -133,18 +165,66 @@ def train_centralized(config, dataset, evaluate, log, progress):
     negs = negs.reshape(shape + (t.num_negatives,))
     losses = []
     for c in range(shape[0]):
-      params, opt_state, loss = _train_chunk(model, opt, t.loss, params, opt_state,
-                                             users[c], pos[c], negs[c], mask[c])
+      params, opt_state, loss = _train_chunk(model, opt, t.loss, float(t.embed_l2), params,
+                                             opt_state, users[c], pos[c], negs[c], mask[c])
       losses.append(loss)
     train_loss = float(np.mean(jax.device_get(losses)))
-    record = {"round": epoch, "epoch": epoch, "train_loss": train_loss,
-              "time/epoch_seconds": time.time() - start}
-    if epoch % config.eval.every == 0 or epoch == t.epochs:
+    record = {"round": first_round + epoch, "epoch": epoch, "phase": phase,
+              "train_loss": train_loss, "time/epoch_seconds": time.time() - start}
+    if epoch % config.eval.every == 0 or epoch == epochs:
       record.update(evaluate(score_fn_for(model, params)))
       record["time/eval_end"] = time.time()
       last = record
       log(record)
   return params, last
+
+
+def train_centralized(config, dataset, evaluate, log, progress):
+  """Trains on all training interactions; evaluates every `eval.every` epochs.
+
+  With `train.pretrain_epochs` > 0 (NeuMF only) it first trains GMF and then
+  MLP for that many epochs each (`train.optimizer`, `train.lr`), builds
+  NeuMF from them (`models.neumf_from_pretrained`, `train.pretrain_alpha`)
+  and trains it for `train.epochs` with `train.finetune_optimizer` and
+  `train.finetune_lr` (empty / 0 = the pre-training ones).
+
+  Args:
+    config: the experiment ConfigDict (uses model, embed_dim, mlp_layers,
+      train.*, eval.every, seed).
+    dataset: a `fairjax.data.Dataset`.
+    evaluate: Evaluator; called with a score function.
+    log: callable(record dict) writing one metrics line.
+    progress: callable(iterable, total, desc) -> iterable (a progress bar).
+
+  Returns:
+    (params, last metrics dict).
+  """
+  _validate_train(config)
+  t = config.train
+  steps_per_epoch = -(-len(dataset.train_users) // int(t.batch_size))
+  rng = np.random.default_rng(config.seed)
+  key = jax.random.PRNGKey(config.seed)
+  model = model_from_config(config, dataset.num_users, dataset.num_items)
+  pre = int(t.pretrain_epochs)
+  fit = functools.partial(_fit, config, dataset, rng=rng, evaluate=evaluate, log=log,
+                          progress=progress)
+  if pre:
+    trained = {}
+    for i, kind in enumerate(("gmf", "mlp")):
+      sub = model_from_config(config, dataset.num_users, dataset.num_items, kind)
+      opt = make_optimizer(t.optimizer, t.lr, t.weight_decay, t.schedule,
+                           steps_per_epoch * pre)
+      init = jax.jit(sub.init)(jax.random.fold_in(key, i + 1))
+      trained[kind], _ = fit(sub, init, opt, pre, phase=kind, first_round=i * pre)
+    params = models.neumf_from_pretrained(trained["gmf"], trained["mlp"],
+                                          float(t.pretrain_alpha))
+    opt = make_optimizer(t.finetune_optimizer or t.optimizer, t.finetune_lr or t.lr,
+                         t.weight_decay, t.schedule, steps_per_epoch * int(t.epochs))
+  else:
+    params = jax.jit(model.init)(key)
+    opt = make_optimizer(t.optimizer, t.lr, t.weight_decay, t.schedule,
+                         steps_per_epoch * int(t.epochs))
+  return fit(model, params, opt, int(t.epochs), phase=config.model, first_round=2 * pre)
 
 
 def popularity(config, dataset, evaluate, log):

@@ -15,7 +15,7 @@ class Evaluator:
 
   Args:
     dataset: a `fairjax.data.Dataset`.
-    protocol: "sampled" or "full".
+    protocol: "sampled", "full" or "both".
     num_negatives: negatives per test item for the sampled protocol.
     seed: seeds the sampled candidates (the same for every algorithm).
   """
@@ -30,6 +30,11 @@ class Evaluator:
     self.dataset = dataset
     self.protocol = protocol
     self.names = metrics.metric_names(protocol)
+    # "both": one evaluator per protocol, their results merged.
+    self.parts = ([Evaluator(dataset, p, num_negatives, seed) for p in ("sampled", "full")]
+                  if protocol == "both" else None)
+    if protocol == "both":
+      return
     if protocol == "sampled":
       self.candidates = data_lib.eval_candidates(dataset, num_negatives, seed)
     else:
@@ -57,6 +62,11 @@ class Evaluator:
     Returns:
       dict of metric name -> float, plus "level/<name>/<metric>".
     """
+    if self.parts is not None:
+      out = {}
+      for part in self.parts:
+        out.update(part(score_fn, user_level, level_names))
+      return out
     ds = self.dataset
     all_rows = np.arange(len(ds.test_users))
     if callable(score_fn):

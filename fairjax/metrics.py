@@ -19,13 +19,16 @@ import numpy as np
 
 SAMPLED_K = 10
 FULL_K = 20
-PROTOCOLS = ("sampled", "full")
+PROTOCOLS = ("sampled", "full", "both")
 
 
 def metric_names(protocol):
+  """The metrics a protocol reports ("both": the sampled ones, then the full ones)."""
   if protocol == "sampled":
     return (f"hr@{SAMPLED_K}", f"ndcg@{SAMPLED_K}")
-  return (f"ndcg@{FULL_K}", f"recall@{FULL_K}")
+  if protocol == "full":
+    return (f"ndcg@{FULL_K}", f"recall@{FULL_K}")
+  return metric_names("sampled") + metric_names("full")
 
 
 @jax.jit

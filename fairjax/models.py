@@ -123,7 +123,8 @@ def table_names(kind):
 
 def table_specs(kind, num_users, num_items, embed_dim,
                 item_sizes: Optional[Mapping[str, Optional[int]]] = None,
-                seeds: Optional[Mapping[str, int]] = None):
+                seeds: Optional[Mapping[str, int]] = None,
+                mlp_dim: Optional[int] = None):
   """Plain user tables and (optionally hashed) item tables for `kind`.
 
   Args:
@@ -133,6 +134,8 @@ def table_specs(kind, num_users, num_items, embed_dim,
     embed_dim: columns of every table.
     item_sizes: hashed size per item table name; None or missing = plain.
     seeds: hash seed per item table name.
+    mlp_dim: if set, the columns of the MLP tables (user_mlp, item_mlp)
+      instead of `embed_dim`.
 
   Returns:
     dict table name -> TableSpec.
@@ -141,16 +144,18 @@ def table_specs(kind, num_users, num_items, embed_dim,
   seeds = seeds or {}
   specs = {}
   for name in table_names(kind):
+    cols = embed_dim if mlp_dim is None or not name.endswith("_mlp") else mlp_dim
     if name in USER_TABLES:
-      specs[name] = subspace.TableSpec(num_users, embed_dim, 0, None)
+      specs[name] = subspace.TableSpec(num_users, cols, 0, None)
     else:
-      specs[name] = subspace.TableSpec(num_items, embed_dim, seeds.get(name, 0),
+      specs[name] = subspace.TableSpec(num_items, cols, seeds.get(name, 0),
                                        item_sizes.get(name))
   return specs
 
 
 def make_model(kind, num_users, num_items, embed_dim, mlp_layers=(64, 32, 16),
-               item_sizes=None, seeds=None, *, cols=None, item_rank=None) -> ModelDef:
+               item_sizes=None, seeds=None, *, cols=None, item_rank=None,
+               mlp_dim=None) -> ModelDef:
   """Builds an NCF model definition, validating its hyper-parameters.
 
   Args:
@@ -166,6 +171,9 @@ def make_model(kind, num_users, num_items, embed_dim, mlp_layers=(64, 32, 16),
       that read the embeddings shrink with them).
     item_rank: if set, item tables are low-rank factors `u v^T` of this rank
       (a FedHM client).
+    mlp_dim: if set, the width of the MLP tables (user_mlp, item_mlp) instead
+      of `embed_dim`, as in the NCF paper's NeuMF (centralized training only;
+      not combined with `cols`).
 
   Returns:
     A ModelDef.
@@ -179,10 +187,45 @@ def make_model(kind, num_users, num_items, embed_dim, mlp_layers=(64, 32, 16),
   width = int(embed_dim) if cols is None else int(cols)
   if width < 1 or (item_rank is not None and int(item_rank) < 1):
     raise InputError(f"model: table width {width} and rank {item_rank} must be >= 1")
-  tables = table_specs(kind, num_users, num_items, width, item_sizes, seeds)
+  if mlp_dim is not None:
+    if cols is not None:
+      raise InputError("model: mlp_dim and cols cannot be combined")
+    if int(mlp_dim) < 1:
+      raise InputError(f"mlp_embed_dim: must be a positive integer, got {mlp_dim}")
+    mlp_dim = int(mlp_dim)
+  tables = table_specs(kind, num_users, num_items, width, item_sizes, seeds, mlp_dim)
   module = NCF(kind=kind, tables=tuple(tables.items()), mlp_layers=tuple(int(w) for w in mlp_layers),
                item_rank=None if item_rank is None else int(item_rank))
   return ModelDef(module)
+
+
+def neumf_from_pretrained(gmf_params, mlp_params, alpha=0.5):
+  """NeuMF params built from a trained GMF and a trained MLP (NCF paper, 3.4.1).
+
+  The embeddings and the MLP tower are copied; the head reads
+  concat(GMF vector, MLP vector), so its kernel becomes
+  concat(alpha * GMF head, (1 - alpha) * MLP head) and its bias
+  alpha * GMF bias + (1 - alpha) * MLP bias: at the start NeuMF's logit is
+  the alpha-weighted sum of the two models' logits.
+
+  Args:
+    gmf_params: params of a "gmf" model.
+    mlp_params: params of an "mlp" model.
+    alpha: weight of GMF in the head, in [0, 1].
+
+  Returns:
+    params of the "neumf" model with the same tables and tower.
+  """
+  if not 0.0 <= float(alpha) <= 1.0:
+    raise InputError(f"pretrain_alpha: must be in [0, 1], got {alpha}")
+  params = {k: v for k, v in mlp_params.items() if k != "head"}
+  params.update({k: v for k, v in gmf_params.items() if k != "head"})
+  g, m = gmf_params["head"], mlp_params["head"]
+  params["head"] = {
+      "kernel": jnp.concatenate([alpha * g["kernel"], (1.0 - alpha) * m["kernel"]], axis=0),
+      "bias": alpha * g["bias"] + (1.0 - alpha) * m["bias"],
+  }
+  return params
 
 
 def item_table_paths(kind):

@@ -13,6 +13,7 @@ Randomness of round r comes from (seed, r) alone, so a run resumed from a
 checkpoint replays exactly what an uninterrupted run does.
 """
 import functools
+import math
 import os
 import sys
 import time
@@ -21,6 +22,7 @@ from typing import List, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from fairjax import algorithms
 from fairjax import capacity
@@ -36,6 +38,8 @@ from fairjax.centralized import make_optimizer
 from fairjax.errors import InputError
 
 EXECUTIONS = ("vmap", "scan")
+# fair.lift -> power of the bucket counts in P D^-power (see subspace.adjoint).
+LIFTS = {"expand": 0.0, "isometric": 0.5, "adjoint": 1.0}
 
 
 class LevelBatch(NamedTuple):
@@ -53,6 +57,25 @@ class LevelBatch(NamedTuple):
 # screen must reject it); "drop" makes it drop out instead, the reference run
 # whose results a screened poisoned run must reproduce.
 POISONS = {"": None, "nan": float("nan"), "huge": 1e30, "drop": 0.0}
+
+
+def server_optimizer(cfg):
+  """The server optimizer of `cfg` (config.server), with its `eps` if set.
+
+  `eps` is the adaptivity tau of FedAdam / FedYogi (Reddi et al., 2021):
+  coordinates whose averaged update stays far below it move by less than
+  `lr` a round, where optax's default 1e-8 normalises even a faint but
+  steady update (such as hash-collision noise) to a full step.
+  """
+  eps = float(cfg.get("eps", 0.0))
+  if not math.isfinite(eps) or eps < 0:
+    raise InputError(f"server.eps: must be a finite number >= 0, got {cfg.eps}")
+  if eps == 0 or cfg.optimizer == "sgd":
+    return make_optimizer(cfg.optimizer, cfg.lr)
+  make_optimizer(cfg.optimizer, cfg.lr)  # validates name and lr
+  table = {"adam": optax.adam, "adamw": optax.adamw, "yogi": optax.yogi,
+           "adagrad": optax.adagrad}
+  return table[cfg.optimizer](cfg.lr, eps=eps)
 
 
 def apportion(total, fractions, caps):
@@ -80,6 +103,16 @@ class Simulation:
     if cfg_fair.aggregate not in server_lib.AGGREGATES:
       raise InputError(f"fair.aggregate: unknown mode {cfg_fair.aggregate!r}; choose one "
                        f"of {', '.join(server_lib.AGGREGATES)}")
+    lift = cfg_fair.get("lift", "expand")
+    if lift not in LIFTS:
+      raise InputError(f"fair.lift: unknown mode {lift!r}; choose one of {', '.join(LIFTS)}")
+    if lift != "expand" and cfg_fair.aggregate == "weights":
+      raise InputError(f"fair.lift={lift} maps updates, not weights: use fair.aggregate=delta "
+                       "or nested with it")
+    self.lift = lift
+    alpha = float(cfg_fair.get("level_weight", 0.0))
+    if not math.isfinite(alpha) or alpha < 0:
+      raise InputError(f"fair.level_weight: must be a finite number >= 0, got {alpha}")
     if cfg_fair.execution not in EXECUTIONS:
       raise InputError(f"fair.execution: unknown mode {cfg_fair.execution!r}; choose one "
                        f"of {', '.join(EXECUTIONS)}")
@@ -105,7 +138,7 @@ class Simulation:
                                      cfg_fair.exact_sizes)
     self.table_names = [p[0] for p in self.shapes]
     self.local_opt = make_optimizer(c.optimizer, c.lr)
-    self.server_opt = make_optimizer(config.server.optimizer, config.server.lr)
+    self.server_opt = server_optimizer(config.server)
     models.get_loss(c.loss)
     self.local_cfg = client_lib.LocalConfig(c.loss, dataset.num_items, int(c.num_negatives),
                                             int(c.batch_size), int(config.local_epochs))
@@ -117,6 +150,8 @@ class Simulation:
                         for lv in range(len(self.levels.compressions))]
     caps = np.array([len(u) if lp.trains else 0
                      for u, lp in zip(self.level_users, self.plan.levels)])
+    # p_k ∝ examples_k * c_k^-level_weight (0: examples only, the design's p_k).
+    self.level_scale = [float(c) ** -alpha for c in self.levels.compressions]
     self.per_level = apportion(int(config.clients_per_round), self.levels.fractions, caps)
     bs = int(c.batch_size)
     self.level_len = []
@@ -191,6 +226,9 @@ class Simulation:
     inconsistent = self.plan.inconsistent
     expand_each = plan.expand_each
     names = self.table_names
+    power = LIFTS[self.lift]
+    if power and spec is not None and not expand_each:
+      lift_down = subspace.adjoint_map(spec, power)
     k = int(self.per_level[lv])
     chunk = k if self.config.fair.execution == "vmap" else 1
     if self.config.fair.chunk_size > 0:
@@ -202,7 +240,11 @@ class Simulation:
     def collapse(params, sp):
       return subspace.subspace(sp).collapse(params)
 
+    adjoint = bool(power) and spec is not None and not expand_each
+
     def expand(params, sp):
+      if adjoint:
+        return subspace.adjoint_map(sp, power)(params)
       return subspace.subspace(sp).expand(params)
 
     def program(params, user_rows, items, mask, weights, rngs, seeds, poison=None):
@@ -234,7 +276,7 @@ class Simulation:
       w = weights * oks
       total = server_lib.weighted_sum(outs, w)
       if not inconsistent and not expand_each:
-        total = down.expand(total)
+        total = lift_down(total) if adjoint else down.expand(total)
       answered = (weights > 0) & oks
       keep = lambda new, old: jnp.where(answered.reshape((-1,) + (1,) * (new.ndim - 1)),
                                         new, old)
@@ -311,7 +353,7 @@ class Simulation:
           mine = rng.choice(mine, size=length, replace=False)
         items[r, :len(mine)] = mine
         mask[r, :len(mine)] = True
-      weights = mask.sum(1).astype(np.float32)
+      weights = mask.sum(1).astype(np.float32) * self.level_scale[lv]
       dropped = rng.random(k) < self.config.client.dropout
       weights[dropped] = 0.0
       batches.append(LevelBatch(sel, items, mask, weights, self.client_seeds(sel)))

@@ -206,6 +206,24 @@ def collapse(table, spec):
   return _safe_divide(total, count)
 
 
+def adjoint(w, spec, power=1.0):
+  """`P_m D_m^{-power} w`, `[rows, cols]`; `power=1` is `collapse^T`, the transpose of collapse.
+
+  Where `expand` (power 0) gives every element its bucket's value, the
+  adjoint gives it the bucket's value divided by the bucket's count. Applied
+  to a gradient in the `m` space, `adjoint` returns the orthogonal projection
+  onto the subspace of the full-space gradient (`P D^-1 P^T g`), where
+  `expand` returns `P P^T g`, which is up to `c` times longer. With
+  `power=0.5` the map `P D^-1/2` has orthonormal columns: it preserves
+  norms. Identity for a plain spec; empty buckets map to nothing.
+  """
+  if spec.size is None:
+    return w
+  counts = bucket_counts(spec).astype(w.dtype)
+  scale = jnp.where(counts > 0, jnp.maximum(counts, 1) ** -power, 0)
+  return expand(w * scale, spec)
+
+
 def _static_seed(spec):
   # Seeds may be traced (per-client seeds under vmap); those cannot be
   # compared in Python, and agreeing on them is then the caller's business.
@@ -360,6 +378,26 @@ def subspace(spec):
     return _map_tables(params, spec, one)
 
   return Subspace(collapse_fn, expand_fn)
+
+
+def adjoint_map(spec, power=1.0):
+  """Level params -> full params by `adjoint(., power)` (power 1: the transpose of collapse).
+
+  Other leaves pass through unchanged. FAIR's `fair.lift` ("adjoint": power
+  1, "isometric": power 1/2) maps a level's summed update with it instead of
+  with `expand`.
+  """
+  spec = dict(spec)
+  for s in spec.values():
+    _check_spec(s)
+
+  def fn(params):
+    def one(leaf, path, s):
+      _check_leaf(leaf, path, s, at_level=True)
+      return adjoint(leaf, s, power)
+    return _map_tables(params, spec, fn=one)
+
+  return fn
 
 
 def between(spec_big, spec_small):

@@ -172,7 +172,7 @@ def summarise(cells: Sequence[Cell], protocol: str):
 
   Args:
     cells: the grid's cells.
-    protocol: "sampled" or "full" (which metrics to keep).
+    protocol: "sampled", "full" or "both" (which metrics to keep).
 
   Returns:
     list of dicts with "distribution", "algorithm", "seeds", "excluded_clients"
@@ -233,7 +233,12 @@ def _fmt(mean, std):
 
 
 def markdown(rows, protocol, distributions: Optional[Mapping[str, str]] = None):
-  """The results as Markdown: one table per distribution, then FAIR's margins."""
+  """The results as Markdown: one table per distribution, then FAIR's margins.
+
+  With protocol "both", the sampled-protocol tables and then the full-protocol ones.
+  """
+  if protocol == "both":
+    return "\n".join(markdown(rows, p, distributions) for p in ("sampled", "full"))
   names = metrics.metric_names(protocol)
   lines = []
   for dist in dict.fromkeys(r["distribution"] for r in rows):

@@ -12,6 +12,8 @@ WORKDIR/plots/*.png. `--distributions` takes names (mild, wide, extreme) or
 "NAME=COMPRESSION:FRACTION,...;NAME=...".
 """
 
+import os
+
 from absl import app
 from absl import flags
 from ml_collections import config_flags
@@ -25,6 +27,10 @@ _ALGORITHMS = flags.DEFINE_string("algorithms", "", "Comma-separated algorithms 
 _DISTRIBUTIONS = flags.DEFINE_string("distributions", "mild,wide,extreme",
                                      "Capacity distributions: names or NAME=SPEC;...")
 _SEEDS = flags.DEFINE_string("seeds", "0,1,2", "Comma-separated training seeds.")
+_COMPILE_CACHE = flags.DEFINE_bool(
+    "compile_cache", True,
+    "Keep compiled programs in WORKDIR/.jax_cache: cells of the same shapes (other seeds, "
+    "other algorithms' identical levels) then skip XLA compilation.")
 _SUMMARY_ONLY = flags.DEFINE_bool("summary_only", False,
                                   "Only tabulate the cells that already finished.")
 
@@ -41,6 +47,10 @@ def main(argv):
   from fairjax import sweep  # pylint: disable=g-import-not-at-top
   from fairjax.errors import InputError  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
+  if _COMPILE_CACHE.value and not _SUMMARY_ONLY.value:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.config.update("jax_compilation_cache_dir", os.path.join(_WORKDIR.value, ".jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   try:
     algorithms = sweep.parse_algorithms(_ALGORITHMS.value)
     distributions = sweep.parse_distributions(_DISTRIBUTIONS.value)

@@ -168,6 +168,11 @@ CASES = {
     "unknown_model": (lambda t: ["--config.model=transformer"], "model"),
     "unknown_algorithm": (lambda t: ["--config.algorithm=magic"], "algorithm"),
     "unknown_aggregate": (lambda t: ["--config.fair.aggregate=median"], "fair.aggregate"),
+    "unknown_lift": (lambda t: ["--config.fair.lift=transpose"], "fair.lift"),
+    "adjoint_lift_of_weights": (lambda t: ["--config.fair.lift=adjoint",
+                                           "--config.fair.aggregate=weights"], "fair.lift"),
+    "negative_level_weight": (lambda t: ["--config.fair.level_weight=-1"], "fair.level_weight"),
+    "negative_server_eps": (lambda t: ["--config.server.eps=-1e-3"], "server.eps"),
     "unknown_protocol": (lambda t: ["--config.eval.protocol=auc"], "eval.protocol"),
     "unknown_server_optimizer": (lambda t: ["--config.server.optimizer=lbfgs"],
                                  "server.optimizer"),
@@ -190,10 +195,7 @@ CASES = {
 
 
 # Cases the code does not handle yet (owned elsewhere); strict, so a fix shows up.
-KNOWN_GAPS = {
-    "duplicate_header_columns": "fairjax/data/readers.py picks the first of two `item` "
-                                "columns instead of rejecting the ambiguous header",
-}
+KNOWN_GAPS = {}
 
 
 @pytest.fixture(scope="module")

@@ -128,3 +128,47 @@ def test_nested_average_divides_each_layer_by_the_clients_that_hold_it():
   coarse = (p_small(small)["t"] + p_small(t_big)["t"]) / 4.0
   fine = (t_big["t"] - p_small(t_big)["t"]) / 3.0
   np.testing.assert_allclose(g["t"], coarse + fine, atol=1e-5)
+
+
+def _tables(params, sim):
+  return {p[0]: params[p[0]]["embedding"] for p in sim.shapes}
+
+
+def test_adjoint_lift_moves_the_server_by_the_transpose_of_collapse(small_csv):
+  """One compressed level, SGD lr 1: expand adds P avg(delta), adjoint adds P D^-1 avg(delta)."""
+  kw = dict(capacities="4:1", **SGD1)
+  sim_e = _sim(small_csv, **kw, **{"fair.lift": "expand"})
+  sim_a = _sim(small_csv, **kw, **{"fair.lift": "adjoint"})
+  s0 = sim_e.init_state()
+  s_e, _ = sim_e.round(s0, 1)
+  s_a, _ = sim_a.round(s0, 1)
+  sp = sim_e.plan.levels[0].spec
+  for path, table_spec in sp.items():
+    name = path[0]
+    before, exp, adj = (s[name]["embedding"] for s in (s0["params"], s_e["params"],
+                                                       s_a["params"]))
+    # The clients' average delta, read back from the expand run.
+    avg = subspace.collapse(exp - before, table_spec)
+    np.testing.assert_allclose(exp - before, subspace.expand(avg, table_spec), atol=1e-6)
+    np.testing.assert_allclose(adj - before, subspace.adjoint(avg, table_spec), atol=1e-6)
+    assert float(jnp.abs(adj - before).max()) < float(jnp.abs(exp - before).max())
+  # Dense layers and the private user rows do not depend on the lift.
+  dense = lambda s: {k: v for k, v in s["params"].items() if k not in _tables(s["params"], sim_e)}
+  chex.assert_trees_all_close(dense(s_e), dense(s_a), atol=1e-6)
+  chex.assert_trees_all_close(s_e["users"], s_a["users"], atol=1e-6)
+
+
+def test_adjoint_lift_is_expand_at_full_capacity(small_csv):
+  a = _run(_sim(small_csv, capacities="1:1", **{"fair.lift": "adjoint"}), 2)
+  b = _run(_sim(small_csv, capacities="1:1", **{"fair.lift": "expand"}), 2)
+  chex.assert_trees_all_equal(a["params"], b["params"])
+
+
+def test_level_weight_scales_client_weights_by_a_power_of_c(small_csv):
+  base = _sim(small_csv, capacities="1:0.5,4:0.5")
+  tilted = _sim(small_csv, capacities="1:0.5,4:0.5", **{"fair.level_weight": 1.0})
+  for lv, (b, t) in enumerate(zip(base.sample(3), tilted.sample(3))):
+    c = base.levels.compressions[lv]
+    np.testing.assert_array_equal(b.users, t.users)
+    np.testing.assert_allclose(t.weights, b.weights / c)
+    np.testing.assert_allclose(b.weights, b.mask.sum(1))

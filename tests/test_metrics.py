@@ -57,3 +57,21 @@ def test_summarise_per_level():
 @pytest.mark.parametrize("c,name", [(1, "1x"), (8.0, "8x"), (2.5, "2.5x")])
 def test_level_name(c, name):
   assert metrics.level_name(c) == name
+
+
+def test_both_protocols_report_the_union_of_sampled_and_full(small_csv):
+  from fairjax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from fairjax import evaluation  # pylint: disable=g-import-not-at-top
+  from conftest import small_config  # pylint: disable=g-import-not-at-top
+  ds = data_lib.load(small_config(small_csv).data)
+  score = lambda users, items: (items * 7919 % 101).astype(np.float32)
+  levels = np.arange(ds.num_users) % 2
+  names = ["1x", "4x"]
+  both = evaluation.Evaluator(ds, "both", 9, seed=3)(score, levels, names)
+  sampled = evaluation.Evaluator(ds, "sampled", 9, seed=3)(score, levels, names)
+  full = evaluation.Evaluator(ds, "full", 9, seed=3)(score, levels, names)
+  assert both == {**sampled, **full}
+  assert set(metrics.metric_names("both")) == set(metrics.metric_names("sampled")) | set(
+      metrics.metric_names("full"))
+  assert {"hr@10", "ndcg@20", "level/4x/recall@20"} <= set(both)
+

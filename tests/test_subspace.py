@@ -168,6 +168,43 @@ def test_expand_collapse_is_an_orthogonal_projection(spec):
   np.testing.assert_allclose(jnp.vdot(x - px, py), 0.0, atol=1e-4)
 
 
+@pytest.mark.parametrize("spec", _levels(), ids=_ids)
+def test_adjoint_is_the_transpose_of_collapse(spec):
+  # <collapse(T), w> = <T, adjoint(w)> for every T and w.
+  t, w = _table(spec, 3), _w(spec, 4)
+  np.testing.assert_allclose(jnp.vdot(sub.collapse(t, spec), w),
+                             jnp.vdot(t, sub.adjoint(w, spec)), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("spec", _levels(), ids=_ids)
+def test_adjoint_of_a_gradient_is_its_projection(spec):
+  # For a loss f(P w), grad_w = P^T grad_T, and adjoint(grad_w) is the
+  # orthogonal projection of grad_T; expand(grad_w) is P P^T grad_T, which
+  # is longer by the bucket counts.
+  g = _table(spec, 5)
+  grad_w = jax.grad(lambda w: jnp.vdot(sub.expand(w, spec), g))(_w(spec))
+  proj = sub.expand(sub.collapse(g, spec), spec)
+  np.testing.assert_allclose(sub.adjoint(grad_w, spec), proj, **_TOL)
+  if spec.size is not None and spec.size < _N:
+    assert jnp.linalg.norm(sub.expand(grad_w, spec)) > 1.2 * jnp.linalg.norm(proj)
+
+
+@pytest.mark.parametrize("spec", _levels(), ids=_ids)
+def test_isometric_lift_preserves_norms_and_powers_interpolate(spec):
+  w = jnp.where(jnp.asarray(_nonempty(spec)), _w(spec, 6), 0)
+  np.testing.assert_allclose(jnp.linalg.norm(sub.adjoint(w, spec, 0.5)), jnp.linalg.norm(w),
+                             rtol=1e-5)
+  np.testing.assert_allclose(sub.adjoint(w, spec, 0.0), sub.expand(w, spec), **_TOL)
+
+
+def test_adjoint_map_maps_named_leaves_only():
+  spec = _spec(10)
+  params = {"t": _w(spec), "dense": jnp.arange(3.0)}
+  out = sub.adjoint_map({("t",): spec})(params)
+  np.testing.assert_allclose(out["t"], sub.adjoint(params["t"], spec), **_TOL)
+  np.testing.assert_array_equal(out["dense"], params["dense"])
+
+
 @pytest.mark.parametrize("pair", _nested_pairs(), ids=_pair_ids)
 def test_fold_after_collapse_is_collapse(pair):
   big, small = pair

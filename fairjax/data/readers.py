@@ -297,12 +297,18 @@ def _is_number(field: str) -> bool:
     return False
 
 
-def _find(names: Sequence[str], wanted: Sequence[str]) -> Optional[int]:
-  """Returns the first column whose name is one of `wanted`, else None."""
-  for column, name in enumerate(names):
-    if name in wanted:
-      return column
-  return None
+def _find(names: Sequence[str], wanted: Sequence[str], path: str = "",
+          line: int = 0) -> Optional[int]:
+  """Returns the column whose name is one of `wanted`, else None.
+
+  With `path` given, two such columns make the header ambiguous: InputError.
+  """
+  found = [column for column, name in enumerate(names) if name in wanted]
+  if len(found) > 1 and path:
+    raise InputError(
+        f"{path} line {line}: header names the {wanted[0]} column twice (columns "
+        f"{', '.join(str(c + 1) for c in found)}); rename or drop one")
+  return found[0] if found else None
 
 
 def _read_delimited(lines: _Lines, sep: Optional[str], description: str,
@@ -321,10 +327,11 @@ def _read_delimited(lines: _Lines, sep: Optional[str], description: str,
        not all(_is_number(f) for f in first[:2])))
   columns = list(range(min(rows.shape[1], 4)))
   if has_header:
-    user, item = _find(names, _USER_NAMES), _find(names, _ITEM_NAMES)
+    at = dict(path=lines.path, line=lines.numbers[0])
+    user, item = _find(names, _USER_NAMES, **at), _find(names, _ITEM_NAMES, **at)
     if user is not None and item is not None:
-      columns = [user, item, _find(names, _RATING_NAMES),
-                 _find(names, _TIME_NAMES)]
+      columns = [user, item, _find(names, _RATING_NAMES, **at),
+                 _find(names, _TIME_NAMES, **at)]
     rows, numbers = rows[1:], lines.numbers[1:]
     if not len(rows):
       raise InputError(f"{lines.path}: no interactions, only a header line")
@@ -341,8 +348,9 @@ def _read_inter(lines: _Lines) -> RawInteractions:
       description="tab-separated user_id, item_id, ... with a name:type "
       "header")
   names = [f.strip().split(":")[0] for f in rows[0]]
-  user = _find(names, ("user_id",))
-  item = _find(names, ("item_id",))
+  at = dict(path=lines.path, line=lines.numbers[0])
+  user = _find(names, ("user_id",), **at)
+  item = _find(names, ("item_id",), **at)
   if user is None or item is None:
     missing = "user_id" if user is None else "item_id"
     raise InputError(
@@ -351,7 +359,7 @@ def _read_inter(lines: _Lines) -> RawInteractions:
   if len(rows) == 1:
     raise InputError(f"{lines.path}: no interactions, only a header line")
   return _assemble(lines.path, lines.numbers[1:], rows[1:], user, item,
-                   _find(names, ("rating",)), _find(names, ("timestamp",)))
+                   _find(names, ("rating",), **at), _find(names, ("timestamp",), **at))
 
 
 def _ids(path: str, numbers: np.ndarray, column: np.ndarray,
