@@ -92,6 +92,9 @@ def base_config(arg=None):
   # p_k ∝ examples) treats every level alike.
   c.fair.level_weight = 0.0
   c.fair.exact_sizes = False
+  # The server stores the user rows (each client sends its own down and up
+  # every round; rows are never averaged across users): the same math as a
+  # private row, with the row added to bytes_down / bytes_up.
   c.fair.federate_user = False
   c.fair.execution = "vmap"  # vmap scan
   c.fair.chunk_size = 8  # clients per vmapped chunk (0 = all of a level)

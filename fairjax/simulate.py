@@ -161,6 +161,12 @@ class Simulation:
       self.level_len.append(-(-length // bs) * bs)
     self._programs = {}
     self._eval_fns = {}
+    self._level_bytes = {}
+    # fair.federate_user: the server stores every user row and a client
+    # downloads its own and uploads it trained. Rows are never averaged
+    # across users (that was a flaw of the paper's code), so the training
+    # math is that of a private row; what changes is the traffic.
+    self.federate_user = bool(cfg_fair.get("federate_user", False))
     # Every level's clients are split over these devices (config.num_devices).
     self.mesh = sharding.make_mesh(int(config.num_devices))
 
@@ -419,7 +425,9 @@ class Simulation:
       stats["clients"] += k
       stats["dropped_clients"] += int((~answered).sum())
       stats["rejected_updates"] += int((answered & ~ok).sum())
-      level_bytes = self.level_bytes(lv)["shared"]
+      sizes = self.level_bytes(lv)
+      # A federated user row travels with the shared params, both ways.
+      level_bytes = sizes["shared"] + (sizes["user"] if self.federate_user else 0)
       stats["bytes_down"] += k * level_bytes
       stats["bytes_up"] += int(answered.sum()) * level_bytes
       loss = np.asarray(loss)
@@ -451,10 +459,20 @@ class Simulation:
 
   @functools.lru_cache(maxsize=None)
   def level_bytes(self, lv):
-    """Bytes a client of level lv holds, read from the arrays it is sent."""
+    """Bytes a client of level lv holds, read from the arrays it is sent (cached).
+
+    Returns:
+      dict: "shared" (what it downloads and uploads), "tables" (its
+      compressible tables), "user" (its private user rows), "params" (all).
+    """
+    if lv not in self._level_bytes:
+      self._level_bytes[lv] = self._measure_level_bytes(lv)
+    return self._level_bytes[lv]
+
+  def _measure_level_bytes(self, lv):
     plan = self.plan.levels[lv]
     if not plan.trains:
-      return {"shared": 0, "tables": 0, "params": 0}
+      return {"shared": 0, "tables": 0, "user": 0, "params": 0}
     state_shapes = jax.eval_shape(self._build_state)
     params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), state_shapes["params"])
     shared = jax.jit(plan.down.collapse)(params)
@@ -463,7 +481,8 @@ class Simulation:
         models.split_user_params(user, self.kind)[0]))
     shared_bytes = subspace.param_bytes(shared)
     tables = sum(subspace.param_bytes(subspace._get(shared, p)) for p in plan.table_paths)  # pylint: disable=protected-access
-    return {"shared": shared_bytes, "tables": tables, "params": shared_bytes + user_bytes}
+    return {"shared": shared_bytes, "tables": tables, "user": user_bytes,
+            "params": shared_bytes + user_bytes}
 
   # ---------------------------------------------------------- evaluation
 

@@ -172,3 +172,18 @@ def test_level_weight_scales_client_weights_by_a_power_of_c(small_csv):
     np.testing.assert_array_equal(b.users, t.users)
     np.testing.assert_allclose(t.weights, b.weights / c)
     np.testing.assert_allclose(b.weights, b.mask.sum(1))
+
+
+def test_federated_user_rows_add_their_bytes_and_change_no_number(small_csv):
+  private = _sim(small_csv)
+  shared = _sim(small_csv, **{"fair.federate_user": True})
+  s0 = private.init_state()
+  a, stats_a = private.round(s0, 1)
+  b, stats_b = shared.round(s0, 1)
+  chex.assert_trees_all_equal(a["params"], b["params"])
+  chex.assert_trees_all_equal(a["users"], b["users"])
+  row = {lv: private.level_bytes(lv)["user"] for lv in range(len(private.levels.compressions))}
+  assert all(v > 0 for v in row.values())
+  sent = sum(k * row[lv] for lv, k in enumerate(private.per_level))
+  assert stats_b["bytes_down"] - stats_a["bytes_down"] == sent
+  assert stats_b["bytes_up"] - stats_a["bytes_up"] == sent  # nobody dropped out
