@@ -99,3 +99,13 @@ def test_launch_plot_and_sweep_entry_points(grid, tmp_path):
   bad = run_launch("launch.sweep", ["--config=configs/ml100k.py", f"--workdir={workdir}",
                                     "--distributions=huge"])
   assert bad.returncode == 2 and "huge" in bad.stderr
+
+
+def test_markdown_of_both_protocols_has_a_table_per_protocol():
+  row = {"distribution": "two", "algorithm": "fair", "seeds": 1, "excluded_clients": 0,
+         "hr@10": 0.5, "hr@10_std": 0.0, "ndcg@10": 0.3, "ndcg@10_std": 0.0,
+         "ndcg@20": 0.04, "ndcg@20_std": 0.0, "recall@20": 0.1, "recall@20_std": 0.0}
+  text = sweep.markdown([row], "both")
+  assert "sampled protocol" in text and "full protocol" in text
+  assert "| fair | 1 | 0 | 0.5000 | 0.3000 |" in text
+  assert "| fair | 1 | 0 | 0.0400 | 0.1000 |" in text
