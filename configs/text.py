@@ -32,6 +32,9 @@ def model_config():
   m.reservoir = 0
   m.rebuild_every = 0
   m.rehash_every = 0
+  m.random_negatives = -1     # uniform-negative slots; -1 = 2k, 0 = none
+  m.adam_catch_up = True      # lazy Adam + dense Adam's zero-gradient steps
+  m.sampling_correction = False
   return m
 
 

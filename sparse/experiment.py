@@ -95,7 +95,11 @@ def build_model(cfg, input_dim: int, n_classes: int) -> model_lib.Model:
       hashes_per_table=opt(m.hashes_per_table),
       num_tables=opt(m.num_tables), range_pow=opt(m.range_pow),
       reservoir=opt(m.reservoir), rebuild_every=opt(m.rebuild_every),
-      rehash_every=opt(m.rehash_every))
+      rehash_every=opt(m.rehash_every),
+      random_negatives=(None if m.get("random_negatives", -1) < 0
+                        else int(m.random_negatives)),
+      adam_catch_up=bool(m.get("adam_catch_up", True)),
+      sampling_correction=bool(m.get("sampling_correction", False)))
   return model_lib.Model(hidden + [out], input_dim, m.learning_rate, cfg.seed)
 
 

@@ -10,7 +10,7 @@ gradient (measured: as slow as the dense layer), and
 Conventions: `rows` index a table of `n` rows; padding indices equal `n`
 (out of range), are read as zeros and dropped on write.
 """
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -118,23 +118,82 @@ def adam_direction(g, m, v, count, cfg: AdamConfig):
   return -cfg.learning_rate * m_hat / (jnp.sqrt(v_hat) + cfg.eps), m, v
 
 
+def catch_up_factor(last: jax.Array, count: jax.Array, cfg: AdamConfig,
+                    horizon: int = 64) -> jax.Array:
+  """Movement of dense Adam over steps with zero gradient, per unit m/sqrt(v).
+
+  A row last updated at step `s = last` whose gradient is zero at steps
+  `s+1 .. count` (here: steps where it was outside the active set) would,
+  under dense Adam, still move at each of them, by
+  `-lr * m_hat_k / sqrt(v_hat_k)` with `m_k = b1^k m`, `v_k = b2^k v`:
+  momentum keeps carrying it for ~1/(1-b1) steps. This returns
+  `sum_k b1^k / sqrt(b2^k) * sqrt(1 - b2^(s+k)) / (1 - b1^(s+k))` over the
+  first `min(count - s, horizon)` of those steps (later terms are below
+  `b1^horizon`), so the movement is `-lr * factor * m / sqrt(v)`.
+
+  Args:
+    last: `(R,)` int32 step of each row's last update (0 = never).
+    count: scalar int32, the step to catch up to (inclusive).
+    cfg: Adam settings.
+    horizon: number of terms summed.
+
+  Returns:
+    `(R,)` float32 factors.
+  """
+  k = jnp.arange(1, horizon + 1, dtype=jnp.float32)
+  s = last.astype(jnp.float32)[:, None]
+  # b^(s+k) as b^s * b^k: one power per row, not per term.
+  b1_t = cfg.b1**s * cfg.b1**k
+  b2_t = cfg.b2**s * cfg.b2**k
+  terms = (cfg.b1 / jnp.sqrt(cfg.b2))**k * jnp.sqrt(1 - b2_t) / (1 - b1_t)
+  skipped = (count - last).astype(jnp.float32)[:, None]
+  return jnp.sum(jnp.where(k <= skipped, terms, 0.0), -1)
+
+
+def catch_up_rows(param_r, m_r, v_r, last_r, count, cfg: AdamConfig):
+  """Applies the zero-gradient dense Adam steps `last_r+1 .. count` to rows.
+
+  Returns `(param_r, m_r, v_r)` as dense Adam would have left them at step
+  `count` had the rows' gradients been zero since their last update.
+  """
+  f = catch_up_factor(last_r, count, cfg)
+  shape = (-1,) + (1,) * (param_r.ndim - 1)
+  # Rows never updated have m = v = 0 and do not move.
+  direction = jnp.where(v_r > 0, m_r / (jnp.sqrt(v_r) + cfg.eps), 0.0)
+  skipped = (count - last_r).astype(jnp.float32).reshape(shape)
+  return (param_r - cfg.learning_rate * f.reshape(shape) * direction,
+          m_r * cfg.b1**skipped, v_r * cfg.b2**skipped)
+
+
 def lazy_adam_rows(param: jax.Array, m: jax.Array, v: jax.Array,
                    rows: jax.Array, grad_rows: jax.Array, count: jax.Array,
-                   cfg: AdamConfig):
+                   cfg: AdamConfig, last: Optional[jax.Array] = None):
   """Adam on the rows a batch touched only (TensorFlow's LazyAdam).
 
   Moments of untouched rows stay as they were; bias correction uses the
   global step `count` (already incremented). Padding rows (== len(param))
   are dropped.
 
+  With `last` (`(n,)` int32, the step of each row's last update), a touched
+  row first catches up on the steps it skipped, as dense Adam would have
+  moved it with zero gradients there (`catch_up_rows`); `last` is returned
+  updated as a fourth element.
+
   Returns:
-    `(param, m, v)` with the touched rows updated.
+    `(param, m, v)` (or `(param, m, v, last)`) with the touched rows updated.
   """
-  delta, m_r, v_r = adam_direction(grad_rows, gather_rows(m, rows),
-                                   gather_rows(v, rows), count, cfg)
-  p_r = gather_rows(param, rows) + delta
-  return (param.at[rows].set(p_r, mode="drop"),
-          m.at[rows].set(m_r, mode="drop"), v.at[rows].set(v_r, mode="drop"))
+  m_r, v_r = gather_rows(m, rows), gather_rows(v, rows)
+  p_r = gather_rows(param, rows)
+  if last is not None:
+    p_r, m_r, v_r = catch_up_rows(p_r, m_r, v_r, gather_rows(last, rows),
+                                  count - 1, cfg)
+  delta, m_r, v_r = adam_direction(grad_rows, m_r, v_r, count, cfg)
+  p_r = p_r + delta
+  out = (param.at[rows].set(p_r, mode="drop"),
+         m.at[rows].set(m_r, mode="drop"), v.at[rows].set(v_r, mode="drop"))
+  if last is None:
+    return out
+  return out + (last.at[rows].set(count, mode="drop"),)
 
 
 def adam_dense(param, m, v, g, count, cfg: AdamConfig, row_mask=None):

@@ -56,6 +56,19 @@ class Output:
     hash: "dwta" or "srp".
     hashes_per_table, num_tables, range_pow, reservoir: LSH overrides.
     rebuild_every, rehash_every: schedule overrides, in batches.
+    adam_catch_up: lazy Adam on the output rows also applies, when a row is
+      next touched (and before inference), the steps dense Adam would have
+      taken while it sat outside the active sets with zero gradient (its
+      momentum keeps moving it); plain lazy Adam skips them.
+    random_negatives: ("shared") positions of the active set kept for
+      neurons drawn uniformly from those not already chosen as labels or
+      by the probes (the top-up), so that every neuron is pushed down now
+      and then; None = 2k (k = sparsity * N), 0 = probes first.
+    sampling_correction: ("shared") trains on an estimate of the full
+      softmax: the top-up neurons, a uniform sample of the `U` neurons not
+      chosen as labels or by the probes, stand for all of them, so their
+      logits get `+log(U / number drawn)` in the training loss (zero when
+      the active set is every neuron).
   """
   units: int
   sparsity: Optional[float] = None
@@ -68,6 +81,9 @@ class Output:
   reservoir: Optional[int] = None
   rebuild_every: Optional[int] = None
   rehash_every: Optional[int] = None
+  adam_catch_up: bool = True
+  random_negatives: Optional[int] = None
+  sampling_correction: bool = False
 
 
 def _tuning(units, spec) -> autotune.LayerTuning:
@@ -116,6 +132,22 @@ class _LayerLSH:
 _hash = jax.jit(lambda fn, p, x: fn(p, x), static_argnums=0)
 
 
+def sampling_offsets(k: int, n_fixed: int, n: int, correct: bool
+                     ) -> np.ndarray:
+  """Logit offsets `(k,)` of a shared active set for the training loss.
+
+  The first `n_fixed` entries (labels, probed neurons) count once; the
+  rest are a uniform sample of the `n - n_fixed` other neurons, so each
+  stands for `(n - n_fixed) / (k - n_fixed)` of them: with `correct`, it
+  gets that log-weight, and the logsumexp over the active set estimates
+  the one over all `n` neurons. Zero when `k == n` or not `correct`.
+  """
+  corr = np.zeros(k, np.float32)
+  if correct and k > n_fixed:
+    corr[n_fixed:] = math.log((n - n_fixed) / (k - n_fixed))
+  return corr
+
+
 class Model:
   """Layers declared in a list; `fit`, `evaluate`, `predict`, `save`/`load`."""
 
@@ -143,6 +175,7 @@ class Model:
     self.seed = int(seed)
     self.out_tuning = _tuning(out.units, out)
     self.dense_output = self.out_tuning.sparsity >= 1.0
+    self._catch_up = bool(out.adam_catch_up) and not self.dense_output
     self.state = self._init_state(jax.random.key(seed))
     self._hidden_lsh = {}
     for i, s in enumerate(self.specs[1:-1], start=1):
@@ -159,6 +192,7 @@ class Model:
     self._rng = np.random.default_rng(seed + 1)
     self._compile()
     self._tables_ready = False
+    self._pending = False   # output rows owe a catch-up (see `flush`)
 
   # ---------------------------------------------------------------- state
   def _init_state(self, key):
@@ -178,9 +212,12 @@ class Model:
     params["out"] = {"w": jax.random.normal(keys[-1], (n, d)) *
                           math.sqrt(1.0 / d), "b": jnp.zeros(n)}
     zeros = jax.tree.map(jnp.zeros_like, params)
-    return {"params": params, "m": zeros,
-            "v": jax.tree.map(jnp.zeros_like, params),
-            "count": jnp.zeros((), jnp.int32)}
+    state = {"params": params, "m": zeros,
+             "v": jax.tree.map(jnp.zeros_like, params),
+             "count": jnp.zeros((), jnp.int32)}
+    if self._catch_up:
+      state["last"] = jnp.zeros((n,), jnp.int32)
+    return state
 
   # ------------------------------------------------------------- compiled
   def _hidden(self, params, rows, inv, vals, hidden_masks):
@@ -224,7 +261,7 @@ class Model:
                                            batch["out_inv"])
       else:
         logits = layers.shared_logits(h, trainable["out_w"],
-                                      trainable["out_b"])
+                                      trainable["out_b"]) + batch["out_corr"]
       del p_out_rest
       return layers.softmax_xent(logits, batch["label_pos"], batch["mask"])
 
@@ -269,18 +306,36 @@ class Model:
         ob, mob, vob = layers.adam_dense(params["out"]["b"], m["out"]["b"],
                                          v["out"]["b"], g["out_b"], count, cfg)
       else:
-        ow, mow, vow = layers.lazy_adam_rows(
+        last = state.get("last")
+        ow, mow, vow, *new_last = layers.lazy_adam_rows(
             params["out"]["w"], m["out"]["w"], v["out"]["w"], out_rows,
-            g["out_w"], count, cfg)
-        ob, mob, vob = layers.lazy_adam_rows(
+            g["out_w"], count, cfg, last)
+        ob, mob, vob, *_ = layers.lazy_adam_rows(
             params["out"]["b"], m["out"]["b"], v["out"]["b"], out_rows,
-            g["out_b"], count, cfg)
+            g["out_b"], count, cfg, last)
       new_p["out"], new_m["out"], new_v["out"] = ({"w": ow, "b": ob},
                                                   {"w": mow, "b": mob},
                                                   {"w": vow, "b": vob})
-      return {"params": new_p, "m": new_m, "v": new_v, "count": count}, loss
+      new_state = {"params": new_p, "m": new_m, "v": new_v, "count": count}
+      if "last" in state:
+        new_state["last"] = new_last[0]
+      return new_state, loss
+
+    def flush(state):
+      # Brings every output row to step `count` (see `adam_catch_up`).
+      count, last = state["count"], state["last"]
+      params, m, v = (dict(state[k]) for k in ("params", "m", "v"))
+      out_p, out_m, out_v = {}, {}, {}
+      for name in ("w", "b"):
+        out_p[name], out_m[name], out_v[name] = layers.catch_up_rows(
+            params["out"][name], m["out"][name], v["out"][name], last,
+            count, cfg)
+      params["out"], m["out"], v["out"] = out_p, out_m, out_v
+      return dict(state, params=params, m=m, v=v,
+                  last=jnp.full_like(last, count))
 
     self._step = jax.jit(step, donate_argnums=0)
+    self._flush = jax.jit(flush, donate_argnums=0)
     self._forward = jax.jit(
         lambda params, rows, inv, vals, masks: self._hidden(
             params, rows, inv, vals, masks))
@@ -304,6 +359,12 @@ class Model:
     self._per_example_topk = jax.jit(per_example_topk, static_argnums=3)
 
   # ----------------------------------------------------------- host logic
+  def flush(self):
+    """Applies the output rows' pending Adam catch-up (`adam_catch_up`)."""
+    if self._catch_up and self._pending:
+      self.state = self._flush(self.state)
+      self._pending = False
+
   def _prepare_tables(self):
     params = self.state["params"]
     for i, l in self._hidden_lsh.items():
@@ -361,10 +422,13 @@ class Model:
       codes = np.asarray(_hash(self._out_lsh.family.hash,
                                self._out_lsh.params, h))
       if out.active_set == "shared":
-        active, label_pos = tables_lib.batch_union(
-            self._out_lsh.tables, codes, lab, self.shared_size(batch_size),
-            self._perm, self._rng)
+        k = self.shared_size(batch_size)
+        active, label_pos, n_fixed = tables_lib.batch_union(
+            self._out_lsh.tables, codes, lab, k, self._perm, self._rng,
+            random_slots=self.random_slots(k), return_fixed=True)
         batch["out_rows"] = active
+        batch["out_corr"] = sampling_offsets(
+            k, n_fixed, out.units, out.sampling_correction)
         batch["label_pos"] = label_pos
         touched = active
       else:
@@ -382,7 +446,15 @@ class Model:
         batch["label_pos"] = np.where(lab >= 0, pos, -1).astype(np.int32)
         touched = uniq
     self.state, loss = self._step(self.state, batch, masks)
+    self._pending = True
     return loss, touched
+
+  def random_slots(self, shared_size: int) -> int:
+    """Positions of the shared active set kept for uniform negatives."""
+    r = self.specs[-1].random_negatives
+    if r is None:
+      r = 2 * self.out_tuning.active_size
+    return int(min(max(r, 0), shared_size))
 
   def shared_size(self, batch_size: int) -> int:
     """Size of the batch-shared active set."""
@@ -461,6 +533,7 @@ class Model:
           elif batches_done % sched.rebuild_every == 0:
             self.rebuild(np.flatnonzero(touched))
             touched[:] = False
+      self.flush()
       jax.block_until_ready(self.state)
       seconds = time.perf_counter() - t0
       record = {"epoch": epoch, "loss": float(np.mean(jax.device_get(losses))),
@@ -505,6 +578,7 @@ class Model:
       batch_size: examples per call.
     """
     x = data_lib.as_inputs(x, self.input_dim)
+    self.flush()
     if not 1 <= top_k <= self.specs[-1].units:
       raise InputError(f"top_k: must be in [1, {self.specs[-1].units}]")
     if sparse_inference and not self._tables_ready:
@@ -535,6 +609,7 @@ class Model:
 
   def save(self, path: str):
     """Writes the architecture and parameters to one `.npz` file."""
+    self.flush()
     flat = {}
     for keypath, leaf in jax.tree_util.tree_leaves_with_path(
         self.state["params"]):

@@ -133,7 +133,7 @@ def update(tables: Tables, ids: np.ndarray, new_codes: np.ndarray,
 
 
 @numba.njit(cache=True)
-def _batch_union(buckets, qcodes, labels, k, perm, start, n):
+def _batch_union(buckets, qcodes, labels, k, perm, start, n, random_slots):
   batch, n_tables = qcodes.shape
   reservoir = buckets.shape[2]
   counts = np.zeros(n, np.int32)
@@ -170,7 +170,8 @@ def _batch_union(buckets, qcodes, labels, k, perm, start, n):
           if counts[j] > max_count:
             max_count = counts[j]
   # Most-hit candidates first: a counting sort by hit count.
-  need = k - m
+  need = max(k - random_slots - m, 0)
+  k_lsh = m + need
   hist = np.zeros(max_count + 2, np.int64)
   for i in range(t):
     hist[counts[touched[i]]] += 1
@@ -182,19 +183,20 @@ def _batch_union(buckets, qcodes, labels, k, perm, start, n):
   # Everything with count >= threshold fits; fill the rest from threshold-1.
   for i in range(t):
     j = touched[i]
-    if counts[j] >= threshold and m < k:
+    if counts[j] >= threshold and m < k_lsh:
       chosen[j] = True
       active[m] = j
       m += 1
   if threshold > 1:
     for i in range(t):
       j = touched[i]
-      if m >= k:
+      if m >= k_lsh:
         break
       if counts[j] == threshold - 1:
         chosen[j] = True
         active[m] = j
         m += 1
+  n_fixed = m
   i = start
   while m < k:
     j = perm[i % n]
@@ -203,16 +205,19 @@ def _batch_union(buckets, qcodes, labels, k, perm, start, n):
       active[m] = j
       m += 1
     i += 1
-  return active, label_pos
+  return active, label_pos, n_fixed
 
 
 def batch_union(tables: Tables, qcodes: np.ndarray, labels: np.ndarray,
-                k: int, perm: np.ndarray, rng: np.random.Generator):
+                k: int, perm: np.ndarray, rng: np.random.Generator,
+                random_slots: int = 0, return_fixed: bool = False):
   """One active set of exactly `k` neurons shared by a batch.
 
   Labels first (deduplicated), then the neurons hit most often by the
-  batch's probes (summed over examples and tables), then a top-up from a
-  fixed random permutation starting at a random offset.
+  batch's probes (summed over examples and tables), leaving the last
+  `random_slots` positions free, then a top-up from a fixed random
+  permutation starting at a random offset: a sample of the neurons not
+  chosen so far, each about equally likely.
 
   Args:
     tables: the layer's `Tables`.
@@ -221,15 +226,25 @@ def batch_union(tables: Tables, qcodes: np.ndarray, labels: np.ndarray,
     k: active-set size, at most N and at least the number of labels.
     perm: `(N,)` fixed random permutation of the neurons.
     rng: numpy generator for the top-up offset.
+    random_slots: positions kept for the top-up (uniform negatives) even
+      when the probes hit more neurons than fit.
+    return_fixed: also return `n_fixed`.
 
   Returns:
     `(active, label_pos)`: `(k,)` int32 neuron ids and `(B, M)` int32
-    positions of each label in `active` (-1 for padding).
+    positions of each label in `active` (-1 for padding); with
+    `return_fixed`, also `n_fixed`, the number of leading entries chosen
+    as labels or by the probes (the rest, `active[n_fixed:]`, is the
+    uniform top-up).
   """
   n = perm.shape[0]
-  return _batch_union(tables.buckets, np.ascontiguousarray(qcodes, np.int32),
-                      np.ascontiguousarray(labels, np.int32), int(k), perm,
-                      int(rng.integers(n)), n)
+  active, label_pos, n_fixed = _batch_union(
+      tables.buckets, np.ascontiguousarray(qcodes, np.int32),
+      np.ascontiguousarray(labels, np.int32), int(k), perm,
+      int(rng.integers(n)), n, int(random_slots))
+  if return_fixed:
+    return active, label_pos, int(n_fixed)
+  return active, label_pos
 
 
 @numba.njit(parallel=True, cache=True)

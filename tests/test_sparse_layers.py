@@ -129,3 +129,64 @@ def test_one_step_with_every_neuron_active_equals_dense_softmax_training():
                               atol=1e-5, rtol=1e-5)
   chex.assert_trees_all_close(dense.state["params"]["in"]["w"][rows],
                               want["in"]["w"][rows], atol=1e-5, rtol=1e-5)
+
+
+def test_lazy_adam_catch_up_equals_dense_adam_with_zero_gradients():
+  """Rows outside the active set move as dense Adam moves them (g = 0)."""
+  w, _, _, _ = _setup(n=6, d=4)
+  cfg = layers.AdamConfig(learning_rate=0.01, eps=0.0)
+  opt = optax.adam(0.01, eps=0.0)
+  st = opt.init(w)
+  ref = w
+  p, m, v = w, jnp.zeros_like(w), jnp.zeros_like(w)
+  last = jnp.zeros(w.shape[0], jnp.int32)
+  rng = np.random.default_rng(0)
+  for t in range(1, 40):
+    rows = np.flatnonzero(rng.random(w.shape[0]) < 0.3)
+    if t == 1:
+      rows = np.arange(w.shape[0])   # every row gets moments at the start
+    g_all = jnp.zeros_like(w).at[rows].set(
+        jnp.asarray(rng.normal(size=(len(rows), w.shape[1])), jnp.float32))
+    p, m, v, last = layers.lazy_adam_rows(p, m, v, jnp.asarray(rows),
+                                          g_all[rows], jnp.asarray(t), cfg,
+                                          last)
+    u, st = opt.update(g_all, st, ref)
+    ref = optax.apply_updates(ref, u)
+  p, m, v = layers.catch_up_rows(p, m, v, last, jnp.asarray(39), cfg)
+  chex.assert_trees_all_close(p, ref, atol=1e-5, rtol=1e-5)
+  chex.assert_trees_all_close(m, st[0].mu, atol=1e-6, rtol=1e-5)
+  chex.assert_trees_all_close(v, st[0].nu, atol=1e-6, rtol=1e-5)
+
+
+def test_sampling_correction_with_every_neuron_is_dense_softmax():
+  w, bias, h, y = _setup()
+  n = w.shape[0]
+  # Labels first, then the rest as the "uniform" top-up: nothing left over.
+  labels = np.unique(np.asarray(y))
+  rest = np.setdiff1d(np.arange(n), labels)
+  active = np.concatenate([labels, rest])
+  corr = model_lib.sampling_offsets(n, len(labels), n, True)
+  np.testing.assert_array_equal(corr, 0.0)
+  pos = jnp.asarray(np.searchsorted(labels, np.asarray(y)))[:, None]
+  mask = jnp.ones(h.shape[0])
+  got = layers.softmax_xent(
+      layers.shared_logits(h, w[active], bias[active]) + corr, pos, mask)
+  want = optax.softmax_cross_entropy_with_integer_labels(
+      h @ w.T + bias, y).mean()
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_sampling_correction_estimates_the_full_partition_function():
+  """Uniform top-up with log(U/k) offsets: logsumexp matches on average."""
+  rng = np.random.default_rng(0)
+  n, n_fixed, k = 2000, 50, 250
+  logits = rng.normal(size=n).astype(np.float32)
+  corr = model_lib.sampling_offsets(k, n_fixed, n, True)
+  assert np.allclose(corr[n_fixed:], np.log((n - n_fixed) / (k - n_fixed)))
+  est = []
+  for _ in range(1000):
+    drawn = rng.choice(np.arange(n_fixed, n), k - n_fixed, replace=False)
+    z = np.exp(logits[:n_fixed]).sum() + np.exp(
+        logits[drawn] + corr[n_fixed:]).sum()
+    est.append(z)
+  np.testing.assert_allclose(np.mean(est), np.exp(logits).sum(), rtol=0.02)

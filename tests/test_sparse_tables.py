@@ -73,3 +73,30 @@ def test_autotune_follows_bolt():
   s = autotune.schedule(200_000, 256)
   assert s == autotune.Schedule(7, 195)
   assert autotune.schedule(10_000, 256, rebuild_every=3).rebuild_every == 3
+
+
+def test_batch_union_keeps_random_slots_for_the_top_up():
+  t, _ = _tables()
+  rng = np.random.default_rng(2)
+  perm = rng.permutation(500).astype(np.int32)
+  q = rng.integers(0, 16, (32, 4)).astype(np.int32)
+  labels = rng.integers(0, 500, (32, 1)).astype(np.int32)
+  n_labels = len(np.unique(labels))
+  seen = np.zeros(500, bool)
+  for k, slots in ((100, 30), (100, 0), (64, 64), (500, 10)):
+    active, pos, n_fixed = tables.batch_union(
+        t, q, labels, k, perm, rng, random_slots=slots, return_fixed=True)
+    assert active.shape == (k,) and len(set(active.tolist())) == k
+    np.testing.assert_array_equal(active[pos[:, 0]], labels[:, 0])
+    assert (pos < n_fixed).all()
+    # Labels always stay; the probes fill up to k - slots at most.
+    assert n_labels <= n_fixed <= max(k - slots, n_labels)
+    if slots:
+      assert n_fixed == max(k - slots, n_labels) or k == 500
+    seen[active[n_fixed:]] = True
+  # Over many batches the top-up reaches neurons the probes never return.
+  for _ in range(50):
+    active, _, n_fixed = tables.batch_union(
+        t, q, labels, 100, perm, rng, random_slots=50, return_fixed=True)
+    seen[active[n_fixed:]] = True
+  assert seen.mean() > 0.9
