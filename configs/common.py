@@ -45,11 +45,13 @@ def base_config(arg=None):
   # the MLP tower (() = mlp_layers). Federated runs ignore both.
   c.train.mlp_embed_dim = 0
   c.train.mlp_layers = ()
-  # NeuMF pre-training (NCF paper): > 0 trains GMF, then MLP, this many epochs
-  # each (train.optimizer, train.lr), starts NeuMF from them with the head
-  # concat(alpha * GMF head, (1 - alpha) * MLP head), then trains NeuMF
-  # train.epochs with finetune_optimizer / finetune_lr ("" / 0 = the above).
-  c.train.pretrain_epochs = 0
+  # NeuMF pre-training (NCF paper; model=neumf only): both > 0 trains GMF, then
+  # MLP, for these many epochs (train.optimizer, train.lr), starts NeuMF from
+  # them (tables and tower copied, head concat(alpha * GMF head,
+  # (1 - alpha) * MLP head)), then trains NeuMF train.epochs with
+  # finetune_optimizer / finetune_lr ("" / 0 = train.optimizer / train.lr).
+  c.train.pretrain_gmf_epochs = 0
+  c.train.pretrain_mlp_epochs = 0
   c.train.pretrain_alpha = 0.5
   c.train.finetune_optimizer = ""
   c.train.finetune_lr = 0.0

@@ -115,11 +115,13 @@ def _validate_train(config):
   t = config.train
   if t.epochs < 1 or t.batch_size < 1 or t.num_negatives < 1:
     raise InputError("train: epochs, batch_size and num_negatives must be >= 1")
-  if int(t.pretrain_epochs) < 0:
-    raise InputError(f"train.pretrain_epochs: must be >= 0, got {t.pretrain_epochs}")
-  if int(t.pretrain_epochs) and config.model != "neumf":
-    raise InputError(f"train.pretrain_epochs: pre-training builds NeuMF from GMF and MLP; "
-                     f"model is {config.model!r}")
+  for key in ("pretrain_gmf_epochs", "pretrain_mlp_epochs"):
+    if int(t[key]) < 0:
+      raise InputError(f"train.{key}: must be >= 0 (0 = no pre-training), got {t[key]}")
+  if config.model == "neumf" and bool(int(t.pretrain_gmf_epochs)) != bool(
+      int(t.pretrain_mlp_epochs)):
+    raise InputError("train.pretrain_gmf_epochs, train.pretrain_mlp_epochs: pre-training "
+                     "needs both (or neither) to be > 0")
   if not 0.0 <= float(t.pretrain_alpha) <= 1.0:
     raise InputError(f"train.pretrain_alpha: must be in [0, 1], got {t.pretrain_alpha}")
   if int(t.mlp_embed_dim) < 0:
@@ -129,6 +131,10 @@ def _validate_train(config):
     raise InputError(f"train.embed_l2: must be >= 0, got {t.embed_l2}")
   if float(t.finetune_lr) < 0:
     raise InputError(f"train.finetune_lr: must be >= 0 (0 = train.lr), got {t.finetune_lr}")
+  try:  # before pre-training spends minutes, not after
+    make_optimizer(t.finetune_optimizer or t.optimizer, t.finetune_lr or t.lr)
+  except InputError as e:
+    raise InputError(f"train.{'finetune_' if t.finetune_optimizer else ''}{e}") from None
   models.get_loss(t.loss)
 
 
@@ -182,11 +188,12 @@ def _fit(config, dataset, model, params, opt, epochs, rng, evaluate, log, progre
 def train_centralized(config, dataset, evaluate, log, progress):
   """Trains on all training interactions; evaluates every `eval.every` epochs.
 
-  With `train.pretrain_epochs` > 0 (NeuMF only) it first trains GMF and then
-  MLP for that many epochs each (`train.optimizer`, `train.lr`), builds
-  NeuMF from them (`models.neumf_from_pretrained`, `train.pretrain_alpha`)
-  and trains it for `train.epochs` with `train.finetune_optimizer` and
-  `train.finetune_lr` (empty / 0 = the pre-training ones).
+  NeuMF with `train.pretrain_gmf_epochs` and `train.pretrain_mlp_epochs`
+  > 0 is pre-trained as in the NCF paper: it first trains GMF, then MLP, for
+  those many epochs (`train.optimizer`, `train.lr`), builds NeuMF from them
+  (`models.neumf_from_pretrained`, `train.pretrain_alpha`) and trains that
+  for `train.epochs` with `train.finetune_optimizer` and `train.finetune_lr`
+  (empty / 0 = the pre-training ones). GMF and MLP runs ignore these keys.
 
   Args:
     config: the experiment ConfigDict (uses model, embed_dim, mlp_layers,
@@ -205,17 +212,20 @@ def train_centralized(config, dataset, evaluate, log, progress):
   rng = np.random.default_rng(config.seed)
   key = jax.random.PRNGKey(config.seed)
   model = model_from_config(config, dataset.num_users, dataset.num_items)
-  pre = int(t.pretrain_epochs)
+  pre = {"gmf": int(t.pretrain_gmf_epochs), "mlp": int(t.pretrain_mlp_epochs)}
+  if config.model != "neumf" or not all(pre.values()):
+    pre = {"gmf": 0, "mlp": 0}
   fit = functools.partial(_fit, config, dataset, rng=rng, evaluate=evaluate, log=log,
                           progress=progress)
-  if pre:
+  if pre["gmf"]:
     trained = {}
     for i, kind in enumerate(("gmf", "mlp")):
       sub = model_from_config(config, dataset.num_users, dataset.num_items, kind)
       opt = make_optimizer(t.optimizer, t.lr, t.weight_decay, t.schedule,
-                           steps_per_epoch * pre)
+                           steps_per_epoch * pre[kind])
       init = jax.jit(sub.init)(jax.random.fold_in(key, i + 1))
-      trained[kind], _ = fit(sub, init, opt, pre, phase=kind, first_round=i * pre)
+      trained[kind], _ = fit(sub, init, opt, pre[kind], phase=kind,
+                             first_round=pre["gmf"] if kind == "mlp" else 0)
     params = models.neumf_from_pretrained(trained["gmf"], trained["mlp"],
                                           float(t.pretrain_alpha))
     opt = make_optimizer(t.finetune_optimizer or t.optimizer, t.finetune_lr or t.lr,
@@ -224,7 +234,8 @@ def train_centralized(config, dataset, evaluate, log, progress):
     params = jax.jit(model.init)(key)
     opt = make_optimizer(t.optimizer, t.lr, t.weight_decay, t.schedule,
                          steps_per_epoch * int(t.epochs))
-  return fit(model, params, opt, int(t.epochs), phase=config.model, first_round=2 * pre)
+  return fit(model, params, opt, int(t.epochs), phase=config.model,
+             first_round=pre["gmf"] + pre["mlp"])
 
 
 def popularity(config, dataset, evaluate, log):
