@@ -25,6 +25,7 @@ import sys
 import time
 from typing import Mapping, NamedTuple, Optional, Sequence
 
+import jax
 import numpy as np
 
 from fairjax import capacity
@@ -142,6 +143,10 @@ def run_grid(config, workdir: str, algorithms: Sequence[str], distributions: Map
           start = time.time()
           log(f"[sweep] {dist} {algorithm} seed {seed} -> {path}")
           final = experiment.run(cfg, path, verbose=False)
+          # Each cell compiles its own programs; dropping them keeps a long
+          # sweep from running out of LLVM code memory (seen after ~20 cells
+          # of ML-1M in one process). The persistent cache, if on, keeps them.
+          jax.clear_caches()
           log(f"[sweep] {dist} {algorithm} seed {seed}: {time.time() - start:.0f}s")
         cells.append(Cell(dist, algorithm, int(seed), path, final))
   return cells
