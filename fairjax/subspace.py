@@ -350,6 +350,27 @@ def _map_tables(params, spec, fn):
   return params
 
 
+def _leafwise(spec, fn, at_level):
+  """params -> params applying `fn(leaf, table_spec)` to every table `spec` names.
+
+  `at_level` says whether the leaves arrive at their level's size (True) or
+  full (False); their shapes are checked against that.
+  """
+  def apply(params):
+    def one(leaf, path, s):
+      _check_leaf(leaf, path, s, at_level=at_level)
+      return fn(leaf, s)
+    return _map_tables(params, spec, one)
+  return apply
+
+
+def _checked(spec):
+  spec = dict(spec)
+  for s in spec.values():
+    _check_spec(s)
+  return spec
+
+
 def subspace(spec):
   """The `Subspace` between full params and the level given by `spec`.
 
@@ -361,23 +382,9 @@ def subspace(spec):
     `Subspace` whose `collapse` maps full params to level params and whose
     `expand` maps level params back to full ones.
   """
-  spec = dict(spec)
-  for s in spec.values():
-    _check_spec(s)
-
-  def collapse_fn(params):
-    def one(leaf, path, s):
-      _check_leaf(leaf, path, s, at_level=False)
-      return collapse(leaf, s)
-    return _map_tables(params, spec, one)
-
-  def expand_fn(params):
-    def one(leaf, path, s):
-      _check_leaf(leaf, path, s, at_level=True)
-      return expand(leaf, s)
-    return _map_tables(params, spec, one)
-
-  return Subspace(collapse_fn, expand_fn)
+  spec = _checked(spec)
+  return Subspace(_leafwise(spec, collapse, at_level=False),
+                  _leafwise(spec, expand, at_level=True))
 
 
 def adjoint_map(spec, power=1.0):
@@ -387,17 +394,7 @@ def adjoint_map(spec, power=1.0):
   1, "isometric": power 1/2) maps a level's summed update with it instead of
   with `expand`.
   """
-  spec = dict(spec)
-  for s in spec.values():
-    _check_spec(s)
-
-  def fn(params):
-    def one(leaf, path, s):
-      _check_leaf(leaf, path, s, at_level=True)
-      return adjoint(leaf, s, power)
-    return _map_tables(params, spec, fn=one)
-
-  return fn
+  return _leafwise(_checked(spec), lambda w, s: adjoint(w, s, power), at_level=True)
 
 
 def between(spec_big, spec_small):

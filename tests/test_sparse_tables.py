@@ -11,6 +11,15 @@ def _tables(n=500, n_tables=4, n_buckets=16, reservoir=8, seed=0):
   return tables.build(codes, n_buckets, reservoir, seed), codes
 
 
+def _query(seed, batch, labels_per, n=500, n_buckets=16, n_tables=4):
+  """A seeded rng, a neuron permutation, bucket queries and labels for one batch."""
+  rng = np.random.default_rng(seed)
+  perm = rng.permutation(n).astype(np.int32)
+  q = rng.integers(0, n_buckets, (batch, n_tables)).astype(np.int32)
+  labels = rng.integers(0, n, (batch, labels_per)).astype(np.int32)
+  return rng, perm, q, labels
+
+
 def test_build_places_each_neuron_in_its_bucket_and_samples_when_full():
   t, codes = _tables()
   for l in range(4):
@@ -50,10 +59,7 @@ def test_batch_union_has_exactly_k_and_every_label():
 
 def test_per_example_has_exactly_k_labels_first():
   t, _ = _tables()
-  rng = np.random.default_rng(1)
-  perm = rng.permutation(500).astype(np.int32)
-  q = rng.integers(0, 16, (16, 4)).astype(np.int32)
-  labels = rng.integers(0, 500, (16, 3)).astype(np.int32)
+  rng, perm, q, labels = _query(1, 16, 3)
   for k in (3, 20, 200):
     active = tables.per_example(t, q, labels, k, perm, rng)
     assert active.shape == (16, k)
@@ -77,10 +83,7 @@ def test_autotune_follows_bolt():
 
 def test_batch_union_keeps_random_slots_for_the_top_up():
   t, _ = _tables()
-  rng = np.random.default_rng(2)
-  perm = rng.permutation(500).astype(np.int32)
-  q = rng.integers(0, 16, (32, 4)).astype(np.int32)
-  labels = rng.integers(0, 500, (32, 1)).astype(np.int32)
+  rng, perm, q, labels = _query(2, 32, 1)
   n_labels = len(np.unique(labels))
   seen = np.zeros(500, bool)
   for k, slots in ((100, 30), (100, 0), (64, 64), (500, 10)):
