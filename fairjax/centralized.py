@@ -16,7 +16,8 @@ from fairjax.errors import InputError
 SCHEDULES = ("constant", "cosine")
 
 
-def make_optimizer(name, lr, weight_decay=0.0, schedule="constant", total_steps=None):
+def make_optimizer(name, lr, weight_decay=0.0, schedule="constant", total_steps=None,
+                   eps=None):
   """An optax optimizer by name ("sgd", "adam", "adamw", "adagrad", "yogi").
 
   Args:
@@ -25,6 +26,7 @@ def make_optimizer(name, lr, weight_decay=0.0, schedule="constant", total_steps=
     weight_decay: L2 penalty added to the gradient (decoupled for adamw).
     schedule: "constant" or "cosine" (decays to 0 over total_steps).
     total_steps: length of the cosine schedule.
+    eps: the adaptive optimizers' epsilon (None = optax's default; sgd has none).
   """
   table = {"sgd": optax.sgd, "adam": optax.adam, "adagrad": optax.adagrad,
            "yogi": optax.yogi, "adamw": optax.adamw}
@@ -39,9 +41,10 @@ def make_optimizer(name, lr, weight_decay=0.0, schedule="constant", total_steps=
   rate = lr
   if schedule == "cosine":
     rate = optax.cosine_decay_schedule(lr, max(1, int(total_steps)))
+  kw = {} if eps is None or name == "sgd" else {"eps": eps}
   if name == "adamw":
-    return optax.adamw(rate, weight_decay=weight_decay)
-  opt = table[name](rate)
+    return optax.adamw(rate, weight_decay=weight_decay, **kw)
+  opt = table[name](rate, **kw)
   if weight_decay:
     opt = optax.chain(optax.add_decayed_weights(weight_decay), opt)
   return opt

@@ -81,17 +81,17 @@ def server_step(optimizer: optax.GradientTransformation, params, opt_state, tota
     else:
       g = jax.tree.map(lambda t, c, p: jnp.where(held(c), per(t, c) - p, 0),
                        total, coverage, params)
-    return _apply(optimizer, params, opt_state, g, weight)
+    return apply_average(optimizer, params, opt_state, g, weight)
   w = jnp.maximum(weight, 1e-12)
   if aggregate == "delta":
     g = jax.tree.map(lambda t: t / w, total)
   else:
     g = jax.tree.map(lambda t, p: t / w - p, total, params)
-  return _apply(optimizer, params, opt_state, g, weight)
+  return apply_average(optimizer, params, opt_state, g, weight)
 
 
-def _apply(optimizer, params, opt_state, g, weight):
-  """Feeds -g to the server optimizer; keeps the state when no client answered.
+def apply_average(optimizer, params, opt_state, g, weight):
+  """Feeds an averaged update -g to the server optimizer; keeps the state when no client answered.
 
   The state is also kept when the step would make it non-finite, so the
   server never holds inf or NaN whatever the clients send.
@@ -138,9 +138,3 @@ def nested_average(level_totals, level_weights, projections):
     g = jax.tree.map(lambda a, b: a + b * scale.astype(b.dtype), g, layer)
     below = here
   return g
-
-
-def apply_average(optimizer, params, opt_state, g, weight):
-  """Feeds an already averaged update to the server optimizer (see _apply)."""
-  return _apply(optimizer, params, opt_state, g, weight)
-

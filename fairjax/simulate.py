@@ -22,7 +22,6 @@ from typing import List, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from fairjax import algorithms
 from fairjax import capacity
@@ -70,12 +69,7 @@ def server_optimizer(cfg):
   eps = float(cfg.get("eps", 0.0))
   if not math.isfinite(eps) or eps < 0:
     raise InputError(f"server.eps: must be a finite number >= 0, got {cfg.eps}")
-  if eps == 0 or cfg.optimizer == "sgd":
-    return make_optimizer(cfg.optimizer, cfg.lr)
-  make_optimizer(cfg.optimizer, cfg.lr)  # validates name and lr
-  table = {"adam": optax.adam, "adamw": optax.adamw, "yogi": optax.yogi,
-           "adagrad": optax.adagrad}
-  return table[cfg.optimizer](cfg.lr, eps=eps)
+  return make_optimizer(cfg.optimizer, cfg.lr, eps=eps or None)
 
 
 def apportion(total, fractions, caps):
@@ -161,7 +155,6 @@ class Simulation:
       self.level_len.append(-(-length // bs) * bs)
     self._programs = {}
     self._eval_fns = {}
-    self._level_bytes = {}
     # fair.federate_user: the server stores every user row and a client
     # downloads its own and uploads it trained. Rows are never averaged
     # across users (that was a flaw of the paper's code), so the training
@@ -232,9 +225,6 @@ class Simulation:
     inconsistent = self.plan.inconsistent
     expand_each = plan.expand_each
     names = self.table_names
-    power = LIFTS[self.lift]
-    if power and spec is not None and not expand_each:
-      lift_down = subspace.adjoint_map(spec, power)
     k = int(self.per_level[lv])
     chunk = k if self.config.fair.execution == "vmap" else 1
     if self.config.fair.chunk_size > 0:
@@ -246,10 +236,14 @@ class Simulation:
     def collapse(params, sp):
       return subspace.subspace(sp).collapse(params)
 
-    adjoint = bool(power) and spec is not None and not expand_each
+    # fair.lift: how an update reaches the full tables. It applies where
+    # `down` is the hashed subspace of `spec`; HeteroFL's column slices and
+    # FedHM's nonlinear expand_each path keep their own maps.
+    hashed = spec is not None and not expand_each and not plan.per_entry
+    power = LIFTS[self.lift] if hashed else 0.0
 
     def expand(params, sp):
-      if adjoint:
+      if power:
         return subspace.adjoint_map(sp, power)(params)
       return subspace.subspace(sp).expand(params)
 
@@ -282,7 +276,7 @@ class Simulation:
       w = weights * oks
       total = server_lib.weighted_sum(outs, w)
       if not inconsistent and not expand_each:
-        total = lift_down(total) if adjoint else down.expand(total)
+        total = expand(total, spec) if power else down.expand(total)
       answered = (weights > 0) & oks
       keep = lambda new, old: jnp.where(answered.reshape((-1,) + (1,) * (new.ndim - 1)),
                                         new, old)
@@ -465,11 +459,6 @@ class Simulation:
       dict: "shared" (what it downloads and uploads), "tables" (its
       compressible tables), "user" (its private user rows), "params" (all).
     """
-    if lv not in self._level_bytes:
-      self._level_bytes[lv] = self._measure_level_bytes(lv)
-    return self._level_bytes[lv]
-
-  def _measure_level_bytes(self, lv):
     plan = self.plan.levels[lv]
     if not plan.trains:
       return {"shared": 0, "tables": 0, "user": 0, "params": 0}

@@ -219,9 +219,10 @@ def adjoint(w, spec, power=1.0):
   """
   if spec.size is None:
     return w
-  counts = bucket_counts(spec).astype(w.dtype)
+  b, g = _full_buckets(spec)
+  counts = jax.ops.segment_sum(jnp.ones(b.size, w.dtype), b.ravel(), num_segments=spec.size)
   scale = jnp.where(counts > 0, jnp.maximum(counts, 1) ** -power, 0)
-  return expand(w * scale, spec)
+  return g.astype(w.dtype) * (w * scale)[b]
 
 
 def _static_seed(spec):

@@ -187,3 +187,10 @@ def test_federated_user_rows_add_their_bytes_and_change_no_number(small_csv):
   sent = sum(k * row[lv] for lv, k in enumerate(private.per_level))
   assert stats_b["bytes_down"] - stats_a["bytes_down"] == sent
   assert stats_b["bytes_up"] - stats_a["bytes_up"] == sent  # nobody dropped out
+
+
+def test_lift_leaves_heterofl_column_slices_alone(small_csv):
+  kw = dict(algorithm="heterofl", capacities="1:0.5,4:0.5")
+  a = _run(_sim(small_csv, **kw, **{"fair.lift": "adjoint"}), 1)
+  b = _run(_sim(small_csv, **kw, **{"fair.lift": "expand"}), 1)
+  chex.assert_trees_all_equal(a["params"], b["params"])
