@@ -66,6 +66,9 @@ def base_config(arg=None):
   c.client = ml_collections.ConfigDict()
   c.client.optimizer = "sgd"
   c.client.lr = 0.5
+  # With optimizer sgd, embedding tables take sparse row steps (the same math,
+  # O(batch) instead of O(table) per step); False takes dense gradients.
+  c.client.sparse_update = True
   c.client.batch_size = 64
   c.client.loss = "bce"
   c.client.num_negatives = 4
@@ -90,6 +93,11 @@ def base_config(arg=None):
   # compressed client's update becomes the projection of its gradient, not
   # up to c times longer) or "isometric" (P D^-1/2 w, norm-preserving).
   c.fair.lift = "expand"
+  # What a client of a hashed level holds: "mean" (the bucket means, the
+  # design's collapse) or "lift" (the means scaled by count^power of the lift:
+  # the left inverse of fair.lift, so a client's own view moves by exactly its
+  # update; with lift=isometric its entries keep the full table's scale).
+  c.fair.view = "mean"
   # Client weights p_k ∝ examples_k * c_k^-level_weight; 0 (the design's
   # p_k ∝ examples) treats every level alike.
   c.fair.level_weight = 0.0

@@ -4,6 +4,7 @@ Each benchmark returns a `BenchResult`: a Markdown table and a one-line
 summary. Ratios are measured side by side in one process; absolute times
 are context only.
 """
+import functools
 import statistics
 import time
 from typing import NamedTuple
@@ -64,7 +65,7 @@ def loop_round(sim: simulate.Simulation, state, rnd, fns):
     for k, u in enumerate(batch.users):
       row = {n: {"embedding": users[n][u][None, :]} for n in users}
       p = models.merge_user_params(row, shared)
-      opt_state = fns["opt_init"](p)
+      opt_state = fns["opt_init", lv](p)
       items, mask = jnp.asarray(batch.items[k]), jnp.asarray(batch.mask[k])
       live_steps = -(-int(batch.mask[k].sum()) // cfg.batch_size)
       for ekey in client_lib.epoch_keys(rngs[k], cfg.local_epochs):
@@ -95,13 +96,14 @@ def build_loop_fns(sim):
     return jax.tree.map(lambda d: d * w, delta), w
 
   fns = {"add": jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b)),
-         "opt_init": jax.jit(sim.local_opt.init),
          "batches": jax.jit(lambda k, m: client_lib.epoch_batches(k, m, cfg.batch_size)),
          "finish": jax.jit(finish)}
   for lv, plan in enumerate(sim.plan.levels):
     if not plan.trains:
       continue
     fns["step", lv] = jax.jit(client_lib.make_step(plan.model, sim.local_opt, cfg))
+    fns["opt_init", lv] = jax.jit(functools.partial(client_lib.init_opt_state, plan.model,
+                                                    sim.local_opt, cfg))
     fns["collapse", lv] = jax.jit(plan.down.collapse)
     fns["expand", lv] = jax.jit(plan.down.expand)
   return fns

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from fairjax import models
+from fairjax import subspace
 
 
 class LocalConfig(NamedTuple):
@@ -25,6 +26,12 @@ class LocalConfig(NamedTuple):
   num_negatives: int
   batch_size: int
   local_epochs: int
+  # > 0: embedding tables take plain SGD steps of this size as sparse row
+  # updates (`subspace.lookup_add`), costing O(batch * cols) per step instead
+  # of O(table); the optimizer then sees only the other params. The same
+  # math as `optax.sgd(table_lr)` on the whole model; the simulator turns it
+  # on when the client optimizer is sgd.
+  table_lr: float = 0.0
 
 
 def sample_negatives(rng, items, mask, shape, num_items):
@@ -69,27 +76,59 @@ def epoch_batches(key, mask, batch_size):
           jax.random.split(k_neg, steps))
 
 
+def sparse_tables(model: models.ModelDef, cfg: LocalConfig):
+  """Names of the tables that take sparse row steps (none unless table_lr > 0).
+
+  Every plain or hashed table; low-rank factors (FedHM) stay dense.
+  """
+  if not cfg.table_lr > 0:
+    return ()
+  return tuple(n for n in model.tables if model.module.item_rank is None
+               or n in models.USER_TABLES)
+
+
+def init_opt_state(model: models.ModelDef, optimizer: optax.GradientTransformation,
+                   cfg: LocalConfig, params):
+  """The local optimizer's state over the params it updates."""
+  names = sparse_tables(model, cfg)
+  return optimizer.init({k: v for k, v in params.items() if k not in names})
+
+
 def make_step(model: models.ModelDef, optimizer: optax.GradientTransformation,
               cfg: LocalConfig):
-  """One local SGD/Adam step: `step(params, opt_state, items, mask, idx, ok, key, seeds)`.
+  """One local step: `step(params, opt_state, items, mask, idx, ok, key, seeds)`.
+
+  With `cfg.table_lr > 0` the embedding tables take sparse SGD steps: the
+  gradient is taken with respect to the rows the batch looked up (Flax
+  perturbations on each lookup) and scattered back through the lookup's
+  transpose, so a step never builds or touches a whole table. `optimizer`
+  then updates only the remaining (dense) params, and its state must come
+  from `init_opt_state`.
 
   Returns ((params, opt_state), (loss * live, live)); a batch of padding
   (no valid example) changes nothing.
   """
   loss_fn = models.get_loss(cfg.loss)
+  specs = model.tables
+  names = sparse_tables(model, cfg)
 
-  def objective(params, pos, negs, valid, seeds):
-    # One apply over [positive, negatives] keeps the traced graph small.
-    both = jnp.concatenate([pos[:, None], negs], axis=1)
-    logits = model.apply(params, jnp.zeros_like(both), both, seeds)
-    return loss_fn(logits[:, 0], logits[:, 1:], valid)
-
-  def step(params, opt_state, items, mask, idx, ok, key, seeds=None):
+  def batch(items, mask, idx, key):
     pos = items[idx]
     negs = sample_negatives(key, items, mask, (idx.shape[0], cfg.num_negatives),
                             cfg.num_items)
-    loss, grads = jax.value_and_grad(objective)(params, pos, negs,
-                                                ok.astype(jnp.float32), seeds)
+    # One apply over [positive, negatives] keeps the traced graph small.
+    both = jnp.concatenate([pos[:, None], negs], axis=1)
+    return jnp.zeros_like(both), both
+
+  def dense_step(params, opt_state, items, mask, idx, ok, key, seeds=None):
+    users, both = batch(items, mask, idx, key)
+    valid = ok.astype(jnp.float32)
+
+    def objective(params):
+      logits = model.apply(params, users, both, seeds)
+      return loss_fn(logits[:, 0], logits[:, 1:], valid)
+
+    loss, grads = jax.value_and_grad(objective)(params)
     updates, new_state = optimizer.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
     # A batch of padding must not move anything (Adam would, on zeros).
@@ -97,7 +136,34 @@ def make_step(model: models.ModelDef, optimizer: optax.GradientTransformation,
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(live, a, b), new, old)
     return (keep(new_params, params), keep(new_state, opt_state)), (loss * live, live)
 
-  return step
+  def sparse_step(params, opt_state, items, mask, idx, ok, key, seeds=None):
+    users, both = batch(items, mask, idx, key)
+    valid = ok.astype(jnp.float32)
+    tables = {n: params[n] for n in names}
+    rest = {k: v for k, v in params.items() if k not in names}
+    ids = {n: users if n in models.USER_TABLES else both for n in names}
+    zeros = {n: {"rows": jnp.zeros(ids[n].shape + (specs[n].cols,),
+                                   tables[n]["embedding"].dtype)} for n in names}
+
+    def objective(rest, rows):
+      logits = model.module.apply({"params": {**rest, **tables}, "perturbations": rows},
+                                  users, both, seeds)
+      return loss_fn(logits[:, 0], logits[:, 1:], valid)
+
+    loss, (g_rest, g_rows) = jax.value_and_grad(objective, argnums=(0, 1))(rest, zeros)
+    updates, new_state = optimizer.update(g_rest, opt_state, rest)
+    new_params = dict(optax.apply_updates(rest, updates))
+    for n in names:
+      spec = specs[n]
+      if seeds and n in seeds:
+        spec = spec._replace(seed=seeds[n])
+      new_params[n] = {"embedding": subspace.lookup_add(
+          tables[n]["embedding"], spec, ids[n], -cfg.table_lr * g_rows[n]["rows"])}
+    # Padding has a zero gradient, and an SGD step on zeros moves nothing.
+    live = ok.any()
+    return (new_params, new_state), (loss * live, live)
+
+  return sparse_step if names else dense_step
 
 
 def make_local_update(model: models.ModelDef, optimizer: optax.GradientTransformation,
@@ -122,7 +188,7 @@ def make_local_update(model: models.ModelDef, optimizer: optax.GradientTransform
 
   def update(shared, user, items, mask, rng, seeds=None):
     params = models.merge_user_params(user, shared)
-    opt_state = optimizer.init(params)
+    opt_state = init_opt_state(model, optimizer, cfg, params)
 
     # Steps past the client's own data would change nothing, so a while loop
     # stops there; under vmap it runs to the longest client of the group,

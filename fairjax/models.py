@@ -47,7 +47,10 @@ class Embedding(nn.Module):
     else:
       shape = (self.spec.size,)
     w = self.param("embedding", nn.initializers.normal(self.stddev), shape)
-    return subspace.lookup(w, spec, ids)
+    # A no-op unless "perturbations" are passed to apply: then the gradient
+    # with respect to them is dL/d(rows looked up), which sparse SGD scatters
+    # back into the table (fairjax.client) without a dense table gradient.
+    return self.perturb("rows", subspace.lookup(w, spec, ids))
 
 
 class NCF(nn.Module):

@@ -39,6 +39,11 @@ from fairjax.errors import InputError
 EXECUTIONS = ("vmap", "scan")
 # fair.lift -> power of the bucket counts in P D^-power (see subspace.adjoint).
 LIFTS = {"expand": 0.0, "isometric": 0.5, "adjoint": 1.0}
+# fair.view: what a client of a hashed level holds. "mean": the bucket means
+# (collapse, the design's view). "lift": the means scaled by count^power, the
+# left inverse of fair.lift's map (with lift=isometric a client holds
+# D^-1/2 P^T table, whose entries keep the full table's scale).
+VIEWS = ("mean", "lift")
 
 
 class LevelBatch(NamedTuple):
@@ -104,6 +109,10 @@ class Simulation:
       raise InputError(f"fair.lift={lift} maps updates, not weights: use fair.aggregate=delta "
                        "or nested with it")
     self.lift = lift
+    view = cfg_fair.get("view", "mean")
+    if view not in VIEWS:
+      raise InputError(f"fair.view: unknown mode {view!r}; choose one of {', '.join(VIEWS)}")
+    self.view = view
     alpha = float(cfg_fair.get("level_weight", 0.0))
     if not math.isfinite(alpha) or alpha < 0:
       raise InputError(f"fair.level_weight: must be a finite number >= 0, got {alpha}")
@@ -134,8 +143,10 @@ class Simulation:
     self.local_opt = make_optimizer(c.optimizer, c.lr)
     self.server_opt = server_optimizer(config.server)
     models.get_loss(c.loss)
+    sparse = bool(c.get("sparse_update", True)) and c.optimizer == "sgd"
     self.local_cfg = client_lib.LocalConfig(c.loss, dataset.num_items, int(c.num_negatives),
-                                            int(c.batch_size), int(config.local_epochs))
+                                            int(c.batch_size), int(config.local_epochs),
+                                            float(c.lr) if sparse else 0.0)
     self.screen = server_lib.Screen(float(config.server.max_update_norm),
                                     float(config.server.clip_norm))
     self.indptr, self.items = data_lib.train_csr(dataset)
@@ -213,6 +224,12 @@ class Simulation:
     """Per-client table seeds [K, tables] (inconsistent) or the shared ones."""
     return self._user_seeds[np.asarray(users)]
 
+  def _powers(self, plan):
+    """(lift power, view power) of a level: both 0 but on hashed levels."""
+    hashed = plan.spec is not None and not plan.expand_each and not plan.per_entry
+    power = LIFTS[self.lift] if hashed else 0.0
+    return power, (power if self.view == "lift" else 0.0)
+
   def _level_program(self, lv):
     if lv in self._programs:
       return self._programs[lv]
@@ -239,8 +256,10 @@ class Simulation:
     # fair.lift: how an update reaches the full tables. It applies where
     # `down` is the hashed subspace of `spec`; HeteroFL's column slices and
     # FedHM's nonlinear expand_each path keep their own maps.
-    hashed = spec is not None and not expand_each and not plan.per_entry
-    power = LIFTS[self.lift] if hashed else 0.0
+    power, view_power = self._powers(plan)
+
+    def held(shared, sp):  # fair.view
+      return subspace.rescale_map(sp, view_power)(shared) if view_power else shared
 
     def expand(params, sp):
       if power:
@@ -248,13 +267,13 @@ class Simulation:
       return subspace.subspace(sp).expand(params)
 
     def program(params, user_rows, items, mask, weights, rngs, seeds, poison=None):
-      shared = None if inconsistent else down.collapse(params)
+      shared = None if inconsistent else held(down.collapse(params), spec)
       shared_full = down.expand(shared) if expand_each else None
 
       def one(xs):
         user, it, mk, rng, sd, pz = xs
         sp = tables_with(sd) if inconsistent else spec
-        start = collapse(params, sp) if inconsistent else shared
+        start = held(collapse(params, sp), sp) if inconsistent else shared
         tseeds = {n: sd[t] for t, n in enumerate(names)} if inconsistent else None
         new_shared, new_user, loss = update(start, user, it, mk, rng, tseeds)
         delta = jax.tree.map(jnp.subtract, new_shared, start)
@@ -490,9 +509,13 @@ class Simulation:
       if lv not in self._eval_fns:
         sub = plan.eval_down
 
+        _, view_power = self._powers(plan)
+
         def score(params, users_tab, u, items):
           # Users too: a HeteroFL level slices their rows.
           full = sub.collapse(models.merge_user_params(users_tab, params))
+          if view_power:  # fair.view=lift: what the device holds
+            full = subspace.rescale_map(plan.spec, view_power)(full)
           return model.apply(full, jnp.broadcast_to(u[:, None], items.shape), items)
         self._eval_fns[lv] = jax.jit(score)
       fn = self._eval_fns[lv]
@@ -501,10 +524,14 @@ class Simulation:
     if lv not in self._eval_fns:
       spec = plan.spec
       names = self.table_names
+      _, view_power = self._powers(plan)
 
       def score_one(params, users_tab, u, items, seeds):
         sp = {path: s._replace(seed=seeds[t]) for t, (path, s) in enumerate(spec.items())}
-        full = models.merge_user_params(users_tab, subspace.subspace(sp).collapse(params))
+        shared = subspace.subspace(sp).collapse(params)
+        if view_power:
+          shared = subspace.rescale_map(sp, view_power)(shared)
+        full = models.merge_user_params(users_tab, shared)
         tseeds = {n: seeds[t] for t, n in enumerate(names)}
         return model.apply(full, jnp.broadcast_to(u, items.shape), items, tseeds)
 

@@ -155,6 +155,34 @@ def lookup(w, spec, ids):
   return hashing.element_sign(i, j, spec.seed).astype(w.dtype) * w[b]
 
 
+def lookup_add(w, spec, ids, rows):
+  """`w + J^T rows` where `J` is the Jacobian of `lookup(., spec, ids)`.
+
+  The transpose of the lookup, as a scatter-add: the sparse SGD step on a
+  table (`rows = -lr * dL/d lookup`) costs `len(ids) * cols`, where
+  `jax.grad` through the lookup builds a dense zero table of `w`'s size and
+  the optimizer then touches all of it. Repeated ids (and, for a hashed
+  table, colliding elements) add up, as in the dense gradient.
+
+  Args:
+    w: the stored table (`[rows, cols]` plain, `[size]` hashed).
+    spec: the table's `TableSpec` (its seed may be traced).
+    ids: integer array of row ids, any shape.
+    rows: `ids.shape + (cols,)`, what to add through the lookup.
+
+  Returns:
+    the updated `w`, same shape.
+  """
+  ids = jnp.asarray(ids)
+  if spec.size is None:
+    return w.at[ids].add(rows.astype(w.dtype))
+  j = jnp.arange(spec.cols, dtype=jnp.int32)
+  i = ids.astype(jnp.int32)[..., None]
+  b = hashing.bucket(i, j, spec.seed, spec.size)
+  g = hashing.element_sign(i, j, spec.seed).astype(w.dtype)
+  return w.at[b].add(g * rows.astype(w.dtype))
+
+
 def expand(w, spec):
   """The full table `P_m w`, `[rows, cols]` (identity for a plain spec)."""
   if spec.size is None:
@@ -223,6 +251,20 @@ def adjoint(w, spec, power=1.0):
   counts = jax.ops.segment_sum(jnp.ones(b.size, w.dtype), b.ravel(), num_segments=spec.size)
   scale = jnp.where(counts > 0, jnp.maximum(counts, 1) ** -power, 0)
   return g.astype(w.dtype) * (w * scale)[b]
+
+
+def rescale(w, spec, power):
+  """`D_m^{power} w`: each bucket scaled by its count to the `power` (plain: `w`).
+
+  With `fair.view="lift"` a client holds `rescale(collapse(table), power)`,
+  `D^{power-1} P^T table`, the left inverse of the lift `adjoint(., power)`:
+  `rescale(collapse(adjoint(w, power)), power) == w`. Empty buckets stay 0.
+  """
+  if spec.size is None:
+    return w
+  b, _ = _full_buckets(spec)
+  counts = jax.ops.segment_sum(jnp.ones(b.size, w.dtype), b.ravel(), num_segments=spec.size)
+  return w * jnp.maximum(counts, 1) ** power
 
 
 def _static_seed(spec):
@@ -396,6 +438,11 @@ def adjoint_map(spec, power=1.0):
   with `expand`.
   """
   return _leafwise(_checked(spec), lambda w, s: adjoint(w, s, power), at_level=True)
+
+
+def rescale_map(spec, power):
+  """Level params -> level params by `rescale(., power)`; other leaves unchanged."""
+  return _leafwise(_checked(spec), lambda w, s: rescale(w, s, power), at_level=True)
 
 
 def between(spec_big, spec_small):

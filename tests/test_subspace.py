@@ -197,6 +197,33 @@ def test_isometric_lift_preserves_norms_and_powers_interpolate(spec):
   np.testing.assert_allclose(sub.adjoint(w, spec, 0.0), sub.expand(w, spec), **_TOL)
 
 
+@pytest.mark.parametrize("power", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("spec", _levels(), ids=_ids)
+def test_rescaled_view_is_the_left_inverse_of_the_lift(spec, power):
+  # fair.view="lift": a client holding rescale(collapse(T), p) sees exactly
+  # its own update u after the server lifts it with adjoint(u, p).
+  w, keep = _w(spec), _nonempty(spec)
+  back = sub.rescale(sub.collapse(sub.adjoint(w, spec, power), spec), spec, power)
+  np.testing.assert_allclose(np.where(keep, back, 0), np.where(keep, w, 0), **_TOL)
+  # ... and the lift after the view is the same projection at every power.
+  t = _table(spec)
+  proj = sub.expand(sub.collapse(t, spec), spec)
+  np.testing.assert_allclose(
+      sub.adjoint(sub.rescale(sub.collapse(t, spec), spec, power), spec, power), proj, **_TOL)
+
+
+def test_isometric_view_keeps_the_scale_of_the_entries():
+  # Bucket means of c random-signed entries shrink by about sqrt(c); the
+  # isometric view (power 1/2) undoes that, so dense layers that read the
+  # rows see inputs of the same scale at every level.
+  spec = _spec(10, rows=2000, cols=16)
+  t = _table(spec)
+  mean = sub.collapse(t, spec)
+  iso = sub.rescale(mean, spec, 0.5)
+  assert float(jnp.std(mean)) < 0.5 * float(jnp.std(t))
+  np.testing.assert_allclose(float(jnp.std(iso)), float(jnp.std(t)), rtol=0.1)
+
+
 def test_adjoint_map_maps_named_leaves_only():
   spec = _spec(10)
   params = {"t": _w(spec), "dense": jnp.arange(3.0)}
@@ -315,6 +342,20 @@ def test_lookup_gradient_lives_in_the_small_space():
   assert grad.shape == (spec.size,)
   full = jax.grad(lambda w: jnp.sum(sub.expand(w, spec)[ids]))(_w(spec))
   np.testing.assert_allclose(grad, full, **_TOL)
+
+
+@pytest.mark.parametrize("spec", _levels(), ids=_ids)
+def test_lookup_add_is_the_transpose_of_lookup(spec):
+  # The sparse SGD step's scatter: w + J^T r, with J the lookup's Jacobian.
+  # Repeated ids (and colliding elements) must add up.
+  w = _w(spec)
+  ids = jnp.array([[0, 5, 36], [5, 17, 5]], jnp.int32)
+  rows = _normal(3, ids.shape + (_COLS,))
+  _, vjp = jax.vjp(lambda w: sub.lookup(w, spec, ids), w)
+  np.testing.assert_allclose(sub.lookup_add(w, spec, ids, rows), w + vjp(rows)[0], **_TOL)
+  # With a traced seed, as under the inconsistent ablation's vmap.
+  got = jax.jit(lambda s: sub.lookup_add(w, spec._replace(seed=s), ids, rows))(spec.seed)
+  np.testing.assert_allclose(got, sub.lookup_add(w, spec, ids, rows), **_TOL)
 
 
 def _sub_jaxprs(param):
