@@ -69,10 +69,9 @@ def loop_round(sim: simulate.Simulation, state, rnd, fns):
       items, mask = jnp.asarray(batch.items[k]), jnp.asarray(batch.mask[k])
       live_steps = -(-int(batch.mask[k].sum()) // cfg.batch_size)
       for ekey in client_lib.epoch_keys(rngs[k], cfg.local_epochs):
-        order, valid, skeys = fns["batches"](ekey, mask)
+        pos, negs, valid = fns["batches"](ekey, items, mask)
         for t in range(live_steps):
-          (p, opt_state), _ = fns["step", lv](p, opt_state, items, mask, order[t], valid[t],
-                                              skeys[t])
+          (p, opt_state), _ = fns["step", lv](p, opt_state, pos[t], negs[t], valid[t])
       delta, w = fns["finish"](p, shared, batch.weights[k])
       level_sum = delta if level_sum is None else fns["add"](level_sum, delta)
       weight = weight + w
@@ -96,7 +95,7 @@ def build_loop_fns(sim):
     return jax.tree.map(lambda d: d * w, delta), w
 
   fns = {"add": jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b)),
-         "batches": jax.jit(lambda k, m: client_lib.epoch_batches(k, m, cfg.batch_size)),
+         "batches": jax.jit(lambda k, i, m: client_lib.epoch_batches(k, i, m, cfg)),
          "finish": jax.jit(finish)}
   for lv, plan in enumerate(sim.plan.levels):
     if not plan.trains:

@@ -41,9 +41,14 @@ def sample_negatives(rng, items, mask, shape, num_items):
   below 1e-3 on MovieLens; exact rejection would need a data-dependent loop.
   """
   k1, k2 = jax.random.split(rng)
+  # Membership by binary search in the sorted items (padding sorts last, as
+  # an id no draw can take): O(draws * log L), where comparing every draw
+  # with every item cost O(draws * L) and dominated a round.
+  own = jnp.sort(jnp.where(mask, items, num_items))
 
   def hits(negs):
-    return ((negs[..., None] == items) & mask).any(-1)
+    at = jnp.searchsorted(own, negs.ravel(), method="scan").reshape(negs.shape)
+    return own[jnp.minimum(at, own.shape[0] - 1)] == negs
   negs = jax.random.randint(k1, shape, 0, num_items, dtype=jnp.int32)
   again = jax.random.randint(k2, shape, 0, num_items, dtype=jnp.int32)
   return jnp.where(hits(negs), again, negs)
@@ -53,27 +58,31 @@ def epoch_keys(rng, local_epochs):
   return jax.random.split(rng, local_epochs)
 
 
-def epoch_batches(key, mask, batch_size):
-  """One epoch's minibatches: valid items first, in a fresh random order.
+def epoch_batches(key, items, mask, cfg: LocalConfig):
+  """One epoch's minibatches, negatives included: valid items first, in a fresh order.
+
+  The whole epoch's negatives are drawn in one call (one PRNG call per
+  epoch, not per step: on CPU a small draw costs about as much as a large one).
 
   Args:
     key: the epoch's PRNG key.
-    mask: bool [L], the client's valid item slots.
-    batch_size: minibatch size B.
+    items: int32 [L], the client's item slots; mask: bool [L], the valid ones.
+    cfg: local settings (batch_size B, num_negatives K, num_items).
 
   Returns:
-    (order int32 [S, B] item slots, valid bool [S, B], step keys [S]) with
+    (pos int32 [S, B], negs int32 [S, B, K], valid bool [S, B]) with
     S = ceil(L / B); steps past the client's data are all-invalid.
   """
   num = mask.shape[0]
-  steps = -(-num // batch_size)
+  steps = -(-num // cfg.batch_size)
   k_order, k_neg = jax.random.split(key)
   order = jnp.argsort(jnp.where(mask, jax.random.uniform(k_order, (num,)), 2.0))
-  pad = steps * batch_size - num
-  order = jnp.pad(order, (0, pad))
-  valid = jnp.pad(mask[order[:num]], (0, pad))
-  return (order.reshape(steps, batch_size), valid.reshape(steps, batch_size),
-          jax.random.split(k_neg, steps))
+  pad = steps * cfg.batch_size - num
+  order = jnp.pad(order, (0, pad)).reshape(steps, cfg.batch_size)
+  valid = jnp.pad(mask[order.ravel()[:num]], (0, pad)).reshape(steps, cfg.batch_size)
+  negs = sample_negatives(k_neg, items, mask, (steps, cfg.batch_size, cfg.num_negatives),
+                          cfg.num_items)
+  return items[order], negs, valid
 
 
 def sparse_tables(model: models.ModelDef, cfg: LocalConfig):
@@ -96,7 +105,9 @@ def init_opt_state(model: models.ModelDef, optimizer: optax.GradientTransformati
 
 def make_step(model: models.ModelDef, optimizer: optax.GradientTransformation,
               cfg: LocalConfig):
-  """One local step: `step(params, opt_state, items, mask, idx, ok, key, seeds)`.
+  """One local step on a minibatch: `step(params, opt_state, pos, negs, ok, seeds)`.
+
+  `pos` [B], `negs` [B, K] and `ok` [B] are one row of `epoch_batches`.
 
   With `cfg.table_lr > 0` the embedding tables take sparse SGD steps: the
   gradient is taken with respect to the rows the batch looked up (Flax
@@ -112,16 +123,13 @@ def make_step(model: models.ModelDef, optimizer: optax.GradientTransformation,
   specs = model.tables
   names = sparse_tables(model, cfg)
 
-  def batch(items, mask, idx, key):
-    pos = items[idx]
-    negs = sample_negatives(key, items, mask, (idx.shape[0], cfg.num_negatives),
-                            cfg.num_items)
+  def batch(pos, negs):
     # One apply over [positive, negatives] keeps the traced graph small.
     both = jnp.concatenate([pos[:, None], negs], axis=1)
     return jnp.zeros_like(both), both
 
-  def dense_step(params, opt_state, items, mask, idx, ok, key, seeds=None):
-    users, both = batch(items, mask, idx, key)
+  def dense_step(params, opt_state, pos, negs, ok, seeds=None):
+    users, both = batch(pos, negs)
     valid = ok.astype(jnp.float32)
 
     def objective(params):
@@ -136,8 +144,8 @@ def make_step(model: models.ModelDef, optimizer: optax.GradientTransformation,
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(live, a, b), new, old)
     return (keep(new_params, params), keep(new_state, opt_state)), (loss * live, live)
 
-  def sparse_step(params, opt_state, items, mask, idx, ok, key, seeds=None):
-    users, both = batch(items, mask, idx, key)
+  def sparse_step(params, opt_state, pos, negs, ok, seeds=None):
+    users, both = batch(pos, negs)
     valid = ok.astype(jnp.float32)
     tables = {n: params[n] for n in names}
     rest = {k: v for k, v in params.items() if k not in names}
@@ -166,9 +174,14 @@ def make_step(model: models.ModelDef, optimizer: optax.GradientTransformation,
   return sparse_step if names else dense_step
 
 
+def live_step_count(mask, cfg: LocalConfig):
+  """Minibatches per epoch that hold some of the client's data (mask [..., L])."""
+  return -(-mask.sum(-1) // cfg.batch_size)
+
+
 def make_local_update(model: models.ModelDef, optimizer: optax.GradientTransformation,
                       cfg: LocalConfig):
-  """Builds `update(shared, user, items, mask, rng, seeds) -> (shared, user, loss)`.
+  """Builds `update(shared, user, items, mask, rng, seeds, num_steps) -> (shared, user, loss)`.
 
   Args:
     model: the client's model (one user row; item tables at its level).
@@ -181,26 +194,29 @@ def make_local_update(model: models.ModelDef, optimizer: optax.GradientTransform
       user: the client's user tables (rows of 1).
       items: int32 [L] its training items, padded; mask: bool [L].
       rng: PRNG key. seeds: None or dict table -> int seed (inconsistent).
+      num_steps: None (the client's own step count) or a step count per
+        epoch, at least the client's own, shared by a vmapped group.
     It returns the new shared params, the new user params and the mean
     training loss over its valid minibatches.
   """
   step = make_step(model, optimizer, cfg)
 
-  def update(shared, user, items, mask, rng, seeds=None):
+  def update(shared, user, items, mask, rng, seeds=None, num_steps=None):
     params = models.merge_user_params(user, shared)
     opt_state = init_opt_state(model, optimizer, cfg, params)
 
-    # Steps past the client's own data would change nothing, so a while loop
-    # stops there; under vmap it runs to the longest client of the group,
-    # which is why the simulator groups clients of similar size together.
-    live_steps = -(-mask.sum() // cfg.batch_size)
+    # Steps past the client's own data change nothing, so a while loop stops
+    # there. Under vmap, give `num_steps` (`chunk_steps` of the group, not
+    # batched): a batched trip count would make vmap select between old and
+    # new carry, the whole params, at every step.
+    live_steps = live_step_count(mask, cfg) if num_steps is None else num_steps
 
     def epoch(carry, key):
-      order, valid, keys = epoch_batches(key, mask, cfg.batch_size)
+      pos, negs, valid = epoch_batches(key, items, mask, cfg)
 
       def body(c):
         t, carry, loss_sum, live_sum = c
-        carry, (loss, live) = step(*carry, items, mask, order[t], valid[t], keys[t], seeds)
+        carry, (loss, live) = step(*carry, pos[t], negs[t], valid[t], seeds)
         return t + 1, carry, loss_sum + loss, live_sum + live
 
       zero = jnp.zeros((), jnp.float32)

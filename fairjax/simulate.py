@@ -87,6 +87,35 @@ def apportion(total, fractions, caps):
   return np.minimum(counts, caps)
 
 
+def _map_groups(fn, xs, size):
+  """Runs `fn` on consecutive groups of `size` clients (the last may be smaller).
+
+  `fn(group) -> (summed, per_client)`: the `summed` outputs are added over
+  groups, the `per_client` ones concatenated back to one row per client.
+  """
+  k = jax.tree.leaves(xs)[0].shape[0]
+  size = max(1, min(size, k))
+  full = k // size * size
+  total, rows = None, []
+  if full:
+    head = jax.tree.map(lambda x: x[:full].reshape((k // size, size) + x.shape[1:]), xs)
+    zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                        jax.eval_shape(fn, jax.tree.map(lambda x: x[0], head))[0])
+
+    def body(acc, group):
+      summed, per = fn(group)
+      return jax.tree.map(jnp.add, acc, summed), per
+
+    total, per = jax.lax.scan(body, zero, head)
+    rows.append(jax.tree.map(lambda y: y.reshape((full,) + y.shape[2:]), per))
+  if k > full:
+    summed, per = fn(jax.tree.map(lambda x: x[full:], xs))
+    total = summed if total is None else jax.tree.map(jnp.add, total, summed)
+    rows.append(per)
+  per = rows[0] if len(rows) == 1 else jax.tree.map(lambda *r: jnp.concatenate(r), *rows)
+  return (*total, per)
+
+
 class Simulation:
   """The state-free parts of a federated run: plan, models, programs.
 
@@ -270,12 +299,12 @@ class Simulation:
       shared = None if inconsistent else held(down.collapse(params), spec)
       shared_full = down.expand(shared) if expand_each else None
 
-      def one(xs):
+      def one(xs, steps):
         user, it, mk, rng, sd, pz = xs
         sp = tables_with(sd) if inconsistent else spec
         start = held(collapse(params, sp), sp) if inconsistent else shared
         tseeds = {n: sd[t] for t, n in enumerate(names)} if inconsistent else None
-        new_shared, new_user, loss = update(start, user, it, mk, rng, tseeds)
+        new_shared, new_user, loss = update(start, user, it, mk, rng, tseeds, steps)
         delta = jax.tree.map(jnp.subtract, new_shared, start)
         if pz is not None:  # client.poison hook
           delta = jax.tree.map(lambda d: d * pz.astype(d.dtype), delta)
@@ -290,17 +319,27 @@ class Simulation:
                               shared_full) if mode != "weights" else down.expand(out))
         return out, new_user, loss, ok, norm
 
-      outs, new_users, losses, oks, norms = jax.lax.map(
-          one, (user_rows, items, mask, rngs, seeds, poison), batch_size=chunk)
+      def group(xs):
+        # One vmapped group of clients. They all run as many steps as the
+        # longest of them (an unbatched trip count; the extra steps are no-ops),
+        # and their weighted sum is taken here, so no per-client copy of the
+        # level's params outlives the group.
+        *xs, wt = xs
+        steps = client_lib.live_step_count(xs[2], self.local_cfg).max()
+        out, new_user, loss, ok, norm = jax.vmap(one, in_axes=(0, None))(tuple(xs), steps)
+        w = wt * ok
+        return (server_lib.weighted_sum(out, w), w.sum()), (new_user, loss, ok, norm)
+
+      total, wsum, (new_users, losses, oks, norms) = _map_groups(
+          group, (user_rows, items, mask, rngs, seeds, poison, weights), chunk)
       w = weights * oks
-      total = server_lib.weighted_sum(outs, w)
       if not inconsistent and not expand_each:
         total = expand(total, spec) if power else down.expand(total)
       answered = (weights > 0) & oks
       keep = lambda new, old: jnp.where(answered.reshape((-1,) + (1,) * (new.ndim - 1)),
                                         new, old)
       new_users = jax.tree.map(keep, new_users, user_rows)
-      return total, w.sum(), new_users, losses, oks, norms
+      return total, wsum, new_users, losses, oks, norms
 
     # Outputs: (total, weight sum) summed over clients, then per-client ones.
     self._programs[lv] = sharding.shard_clients(program, self.mesh, num_summed=2)

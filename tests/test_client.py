@@ -26,21 +26,20 @@ def _setup(c=None, kind="neumf", item_rank=None):
 
 
 def _cfg(table_lr, epochs=1):
-  return client_lib.LocalConfig("bce", _ITEMS, 3, 4, epochs, table_lr)
+  return client_lib.LocalConfig("bce", _ITEMS, 4, 4, epochs, table_lr)
 
 
 @pytest.mark.parametrize("c", [None, 4])
 def test_sparse_step_equals_dense_sgd(c):
   model, params, items, mask = _setup(c)
   opt = optax.sgd(0.5)
-  idx = jnp.array([0, 1, 2, 3], jnp.int32)
-  ok = jnp.array([True, True, True, False])
-  key = jax.random.PRNGKey(4)
+  pos, negs, _ = client_lib.epoch_batches(jax.random.PRNGKey(4), items, mask, _cfg(0.5))
+  args = (pos[0], negs[0], jnp.array([True, True, True, False]))
   dense = client_lib.make_step(model, opt, _cfg(0.0))
   sparse = client_lib.make_step(model, opt, _cfg(0.5))
-  (p_d, _), (loss_d, _) = jax.jit(dense)(params, opt.init(params), items, mask, idx, ok, key)
+  (p_d, _), (loss_d, _) = jax.jit(dense)(params, opt.init(params), *args)
   state = client_lib.init_opt_state(model, opt, _cfg(0.5), params)
-  (p_s, _), (loss_s, _) = jax.jit(sparse)(params, state, items, mask, idx, ok, key)
+  (p_s, _), (loss_s, _) = jax.jit(sparse)(params, state, *args)
   np.testing.assert_allclose(loss_s, loss_d, rtol=1e-6)
   chex.assert_trees_all_close(p_s, p_d, atol=1e-6)
   moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), p_s, params)
@@ -51,7 +50,7 @@ def test_sparse_step_never_builds_a_table_gradient():
   # The dense step's gradient holds a whole table; the sparse one only rows.
   model, params, items, mask = _setup(None)
   opt = optax.sgd(0.5)
-  args = (items, mask, jnp.arange(4), jnp.ones(4, bool), jax.random.PRNGKey(0))
+  args = (items[:4], jnp.stack([items[4:8]] * 4), jnp.ones(4, bool))
   table = params["item_gmf"]["embedding"].shape
 
   def count(step, state):
@@ -87,7 +86,7 @@ def test_inconsistent_seeds_take_the_same_sparse_step():
   model, params, items, mask = _setup(4)
   opt = optax.sgd(0.5)
   seeds = {n: jnp.int32(99) for n in models.ITEM_TABLES}
-  args = (items, mask, jnp.arange(4), jnp.ones(4, bool), jax.random.PRNGKey(2))
+  args = (items[:4], jnp.stack([items[4:8]] * 4), jnp.ones(4, bool))
   (p_d, _), _ = client_lib.make_step(model, opt, _cfg(0.0))(params, opt.init(params), *args,
                                                             seeds)
   state = client_lib.init_opt_state(model, opt, _cfg(0.5), params)
@@ -99,3 +98,29 @@ def test_low_rank_factors_stay_dense():
   model, _, _, _ = _setup(None, item_rank=2)
   assert client_lib.sparse_tables(model, _cfg(0.5)) == ("user_gmf", "user_mlp")
   assert client_lib.sparse_tables(model, _cfg(0.0)) == ()
+
+
+def test_epoch_batches_cover_the_valid_items_once_with_negatives_outside_them():
+  _, _, items, mask = _setup(None)
+  pos, negs, valid = client_lib.epoch_batches(jax.random.PRNGKey(0), items, mask, _cfg(0.5))
+  chex.assert_shape((pos, negs, valid), ((3, 4), (3, 4, 4), (3, 4)))
+  np.testing.assert_array_equal(np.sort(np.asarray(pos)[np.asarray(valid)]),
+                                np.sort(np.asarray(items)[np.asarray(mask)]))
+  own = set(np.asarray(items)[np.asarray(mask)].tolist())
+  drawn = np.asarray(negs)[np.asarray(valid)].ravel()
+  assert drawn.min() >= 0 and drawn.max() < _ITEMS
+  # One redraw: a collision survives with probability (7/50)^2 per draw.
+  assert np.mean([d in own for d in drawn]) < 0.1
+
+
+def test_negatives_are_redrawn_exactly_where_they_hit_own_items():
+  items = jnp.array([4, 9, 9, 17, 0, 0], jnp.int32)
+  mask = jnp.array([True, True, True, True, False, False])
+  rng = jax.random.PRNGKey(7)
+  negs = client_lib.sample_negatives(rng, items, mask, (200, 3), 20)
+  k1, k2 = jax.random.split(rng)
+  first = jax.random.randint(k1, (200, 3), 0, 20, dtype=jnp.int32)
+  again = jax.random.randint(k2, (200, 3), 0, 20, dtype=jnp.int32)
+  own = np.isin(np.asarray(first), [4, 9, 17])  # 0 is padding, not an own item
+  assert own.any() and (~own).any()
+  np.testing.assert_array_equal(negs, np.where(own, again, first))
