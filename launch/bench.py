@@ -2,6 +2,7 @@ r"""Runs a named benchmark, prints its table and writes it to BENCHMARKS.md.
 
   python -m launch.bench fair_round
   python -m launch.bench sparse_layer [--quick]
+  python -m launch.bench fair_round --data=ratings.csv   # any interactions file
 
 Each benchmark lives in a library module and returns a `BenchResult`; this
 file only prints it (the summary line last) and replaces the benchmark's
@@ -16,8 +17,13 @@ import sys
 from absl import app
 from absl import flags
 
+from fairjax.errors import InputError
+
 _QUICK = flags.DEFINE_bool(
     "quick", False, "Smaller sizes, for a smoke test; BENCHMARKS.md untouched.")
+_DATA = flags.DEFINE_string(
+    "data", "", "fair_round only: an interactions file instead of MovieLens "
+    "(implies --quick: BENCHMARKS.md untouched).")
 _OUTPUT = flags.DEFINE_string(
     "output", "BENCHMARKS.md", "Markdown file whose section is replaced.")
 
@@ -58,9 +64,19 @@ def main(argv):
     sys.exit(2)
   name = argv[1]
   module, fn = BENCHMARKS[name].split(":")
-  result = getattr(importlib.import_module(module), fn)(quick=_QUICK.value)
+  kwargs = {"quick": _QUICK.value or bool(_DATA.value)}
+  if _DATA.value:
+    if name != "fair_round":
+      print(f"error: --data applies to fair_round only, not {name}", file=sys.stderr)
+      sys.exit(2)
+    kwargs["data_path"] = _DATA.value
+  try:
+    result = getattr(importlib.import_module(module), fn)(**kwargs)
+  except InputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   print(result.markdown)
-  if not _QUICK.value:
+  if not kwargs["quick"]:
     cmd = f"python -m launch.bench {name}"
     write_section(_OUTPUT.value, name,
                   f"## {name}\n\nCommand: `{cmd}`\n\n{machine_line()}\n\n"
