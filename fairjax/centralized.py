@@ -8,6 +8,7 @@ import numpy as np
 import optax
 
 from fairjax import data as data_lib
+from fairjax import metrics
 from fairjax import models
 from fairjax import subspace
 from fairjax.errors import InputError
@@ -157,7 +158,8 @@ def _fit(config, dataset, model, params, opt, epochs, rng, evaluate, log, progre
   chunk = max(1, min(steps, int(t.steps_per_call)))
   padded_steps = -(-steps // chunk) * chunk
   last = {}
-  for epoch in progress(range(1, epochs + 1), epochs, f"{phase} epochs"):
+  bar = progress(range(1, epochs + 1), epochs, f"{phase} epochs")
+  for epoch in bar:
     start = time.time()
     perm = rng.permutation(n)
     users = dataset.train_users[perm]
@@ -185,6 +187,8 @@ def _fit(config, dataset, model, params, opt, epochs, rng, evaluate, log, progre
       record["time/eval_end"] = time.time()
       last = record
       log(record)
+      metrics.show_progress(bar, f"{phase} epoch {epoch}/{epochs}", record,
+                            list(evaluate.names) + ["train_loss"])
   return params, last
 
 

@@ -11,6 +11,7 @@ outranks it), so a constant scorer gets HR = 0 rather than a perfect score.
 import json
 import math
 import os
+import sys
 from typing import Callable, Dict, Mapping, Optional
 
 import jax
@@ -210,3 +211,24 @@ class MetricsWriter:
 def read_metrics(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(l) for l in f if l.strip()]
+
+
+def show_progress(bar, what, record, names):
+  """Puts an evaluation's metrics on the progress bar, or on a line of its own.
+
+  A terminal shows a tqdm bar; without one (a log file, nohup) the bar is
+  off, so each evaluation prints one line to stderr, and a long run shows
+  how it goes.
+
+  Args:
+    bar: what the progress callable returned (a tqdm bar, or any iterable).
+    what: where the run is, e.g. "round 25/200".
+    record: the evaluation's metrics record.
+    names: the metric keys to show.
+  """
+  shown = {k: record[k] for k in names if isinstance(record.get(k), (int, float))}
+  if hasattr(bar, "set_postfix") and not getattr(bar, "disable", False):
+    bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()})
+    return
+  print(f"{what}: " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()),
+        file=sys.stderr, flush=True)

@@ -640,9 +640,8 @@ def run(config, dataset, evaluate, workdir, progress):
       if writer:
         writer.write(record)
       final = record
-      if hasattr(bar, "set_postfix"):
-        shown = {k: f"{record[k]:.3f}" for k in evaluate.names if record.get(k) is not None}
-        bar.set_postfix(shown)
+      metrics.show_progress(bar, f"round {rnd}/{rounds}", record,
+                            list(evaluate.names) + ["train_loss"])
       state = Simulation.reset_acc(state)
       last_eval = rnd
       round_start = time.time()

@@ -28,6 +28,8 @@ def test_fair_end_to_end_writes_metrics_and_resumes(tmp_path, small_csv):
     assert key in last, key
   assert last["client_table_bytes/4x"] <= last["client_table_bytes/1x"] / 4
   assert "| overall |" in proc.stdout and "| 4x |" in proc.stdout
+  # Without a terminal (here, a pipe) each evaluation is one progress line.
+  assert "round 2/4: hr@10" in proc.stderr and "round 4/4: hr@10" in proc.stderr
   assert os.listdir(os.path.join(workdir, "checkpoints"))
   # Rerunning the finished run resumes from its last checkpoint: same result.
   again = run_launch("launch.train", args)
@@ -45,6 +47,8 @@ def test_reference_trainers_end_to_end(tmp_path, small_csv, algorithm):
   assert proc.returncode == 0, proc.stderr
   last = _metrics(workdir)[-1]
   assert last["final"] is True and 0.0 <= last["hr@10"] <= 1.0
+  if algorithm == "centralized":
+    assert "epoch 2/2: hr@10" in proc.stderr
 
 
 def _bad_file(tmp_path, name, text):
