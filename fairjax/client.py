@@ -206,9 +206,9 @@ def make_local_update(model: models.ModelDef, optimizer: optax.GradientTransform
     opt_state = init_opt_state(model, optimizer, cfg, params)
 
     # Steps past the client's own data change nothing, so a while loop stops
-    # there. Under vmap, give `num_steps` (`chunk_steps` of the group, not
-    # batched): a batched trip count would make vmap select between old and
-    # new carry, the whole params, at every step.
+    # there. Under vmap, pass `num_steps` unbatched (the group's longest
+    # client's count): a batched trip count would make vmap select between
+    # the old and new carry, the whole params, at every step.
     live_steps = live_step_count(mask, cfg) if num_steps is None else num_steps
 
     def epoch(carry, key):

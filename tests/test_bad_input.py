@@ -169,6 +169,7 @@ CASES = {
     "unknown_algorithm": (lambda t: ["--config.algorithm=magic"], "algorithm"),
     "unknown_aggregate": (lambda t: ["--config.fair.aggregate=median"], "fair.aggregate"),
     "unknown_lift": (lambda t: ["--config.fair.lift=transpose"], "fair.lift"),
+    "unknown_view": (lambda t: ["--config.fair.view=sideways"], "fair.view"),
     "adjoint_lift_of_weights": (lambda t: ["--config.fair.lift=adjoint",
                                            "--config.fair.aggregate=weights"], "fair.lift"),
     "negative_level_weight": (lambda t: ["--config.fair.level_weight=-1"], "fair.level_weight"),
