@@ -68,7 +68,7 @@ def loop_round(sim: simulate.Simulation, state, rnd, fns):
       p = models.merge_user_params(row, shared)
       opt_state = fns["opt_init", lv](p)
       items, mask = jnp.asarray(batch.items[k]), jnp.asarray(batch.mask[k])
-      live_steps = -(-int(batch.mask[k].sum()) // cfg.batch_size)
+      live_steps = int(client_lib.live_step_count(batch.mask[k], cfg))
       for ekey in client_lib.epoch_keys(rngs[k], cfg.local_epochs):
         pos, negs, valid = fns["batches"](ekey, items, mask)
         for t in range(live_steps):
@@ -110,49 +110,58 @@ def build_loop_fns(sim):
 
 
 def step_floor(sim, state, fns, rnd, groups=(1, 8, 64), repeats=20):
-  """A lower bound on a round's time: its live client-steps at the best batched speed.
+  """The round's client-steps, and their time at each batching of one step.
 
   Each level's minibatch step is timed vmapped over each of `groups`
-  identical clients (params donated, as in the round's loop), and the
-  fastest per-client time is kept. The round's live client-steps (steps
-  that hold data, every epoch) times that is what this step costs at the
-  best of those batchings, with no padding, no per-client work and no
-  dispatch: the vmapped round can only be slower, and `loop / floor` bounds
-  the speedup that batching these steps can bring.
+  identical clients (params donated, as in the round's loop). The round's
+  live client-steps (steps that hold data, every epoch) at the fastest of
+  those per-client times is the floor: what these steps cost batched in
+  groups of those sizes, with no padding, no per-client work and no
+  dispatch. `padded` counts what the vmapped round runs instead: each of
+  its groups (`Simulation.group_size`, clients ordered by size) runs as
+  many steps as its longest client.
 
   Returns:
-    (floor seconds, live client-steps).
+    dict: "floor" (seconds), "live" and "padded" (client-steps), and
+    "per_step" (group size -> seconds per live client-step at that size).
   """
   cfg = sim.local_cfg
-  floor, live = 0.0, 0
+  per_group = dict.fromkeys(groups, 0.0)
+  floor, live, padded = 0.0, 0, 0
+  k1, k2 = jax.random.split(jax.random.PRNGKey(rnd))
   for lv, batch in enumerate(sim.sample(rnd)):
     if batch is None:
       continue
-    steps = int(client_lib.live_step_count(batch.mask, cfg).sum()) * cfg.local_epochs
+    counts = np.asarray(client_lib.live_step_count(batch.mask, cfg))
+    steps = int(counts.sum()) * cfg.local_epochs
+    size = sim.group_size(lv)
+    padded += sum(int(counts[i:i + size].max()) * len(counts[i:i + size])
+                  for i in range(0, len(counts), size)) * cfg.local_epochs
     plan = sim.plan.levels[lv]
     step = jax.jit(jax.vmap(client_lib.make_step(plan.model, sim.local_opt, cfg)),
                    donate_argnums=(0, 1))
     row = {n: {"embedding": state["users"][n][:1]} for n in state["users"]}
     p = models.merge_user_params(row, fns["collapse", lv](state["params"]))
-    best = float("inf")
+    times = {}
     for group in groups:
       carry = jax.tree.map(lambda x, g=group: jnp.repeat(x[None], g, 0),
                            (p, fns["opt_init", lv](p)))
-      k1, k2 = jax.random.split(jax.random.PRNGKey(rnd))
       pos = jax.random.randint(k1, (group, cfg.batch_size), 0, cfg.num_items)
       negs = jax.random.randint(k2, (group, cfg.batch_size, cfg.num_negatives), 0,
                                 cfg.num_items)
       ok = jnp.ones((group, cfg.batch_size), bool)
-      times = []
+      runs = []
       for _ in range(repeats + 1):
         start = time.perf_counter()
         carry, _ = step(*carry, pos, negs, ok)
         jax.block_until_ready(carry)
-        times.append(time.perf_counter() - start)
-      best = min(best, statistics.median(times[1:]) / group)
-    floor += steps * best
+        runs.append(time.perf_counter() - start)
+      times[group] = statistics.median(runs[1:]) / group
+      per_group[group] += steps * times[group]
+    floor += steps * min(times.values())
     live += steps
-  return floor, live
+  return {"floor": floor, "live": live, "padded": padded,
+          "per_step": {g: t / max(live, 1) for g, t in per_group.items()}}
 
 
 def fair_round(quick=False, data_path=""):
@@ -197,25 +206,31 @@ def fair_round(quick=False, data_path=""):
       raise AssertionError(f"vmapped and looped rounds disagree: max abs diff {err}")
     t_vmap, _ = _median_time(lambda: sim.round(state, 2)[0]["params"], repeats)
     t_loop, _ = _median_time(lambda: loop_round(sim, state, 2, fns), repeats)
-    t_floor, live = step_floor(sim, state, fns, 2, groups=groups, repeats=5 if quick else 20)
+    fl = step_floor(sim, state, fns, 2, groups=groups, repeats=5 if quick else 20)
     speedups[kind, clients] = t_loop / t_vmap
-    rows.append(f"| {kind} | {clients} | {live} | {t_vmap * 1e3:.0f} | {t_loop * 1e3:.0f} | "
-                f"{t_loop / t_vmap:.1f}x | {t_floor * 1e3:.0f} | {t_loop / t_floor:.1f}x | "
-                f"{err:.1e} |")
+    per_step = " / ".join(f"{fl['per_step'][g] * 1e3:.2f}" for g in groups)
+    rows.append(f"| {kind} | {clients} | {fl['live']} | {fl['padded']} | {t_vmap * 1e3:.0f} | "
+                f"{t_loop * 1e3:.0f} | {t_loop / t_vmap:.1f}x | "
+                f"{t_loop / fl['live'] * 1e3:.2f} | {per_step} | {fl['floor'] * 1e3:.0f} | "
+                f"{t_loop / fl['floor']:.1f}x | {err:.1e} |")
   name = os.path.basename(data_path) if data_path else "ML-100K" if quick else "ML-1M"
   table = "\n".join([
       f"FAIR round on {name}, d={config.embed_dim}, MLP tower "
       f"{tuple(config.mlp_layers)}, capacities "
       f"`{config.capacities}`, {config.local_epochs} local epoch(s), client batch "
       f"{config.client.batch_size}, max {config.client.max_items} items per client; "
-      f"median of {repeats} rounds after warm-up. Floor: the round's live "
-      "client-steps, each at the fastest per-client time of one step vmapped "
-      f"over {' / '.join(map(str, groups))} clients (`step_floor`); loop / floor "
-      "bounds what batching these steps can reach.",
+      f"median of {repeats} rounds after warm-up. Live client-steps hold data; "
+      "the vmapped round runs the padded ones (a group runs to its longest "
+      "client). Step time: one minibatch step, per client, vmapped over "
+      f"{' / '.join(map(str, groups))} identical clients. Floor: the live "
+      "client-steps at the fastest of those times (`step_floor`); loop / floor "
+      "bounds what batching the steps in groups of those sizes can reach.",
       "",
-      "| model | clients/round | live client-steps | vmapped round (ms) | loop of jitted "
-      "steps (ms) | speedup | floor (ms) | loop / floor | max abs diff of params |",
-      "|---|---|---|---|---|---|---|---|---|",
+      "| model | clients/round | live client-steps | padded client-steps | vmapped round "
+      "(ms) | loop of jitted steps (ms) | speedup | loop per live step (ms) | step time "
+      f"per client at {' / '.join(map(str, groups))} (ms) | floor (ms) | loop / floor | "
+      "max abs diff of params |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|",
       *rows,
   ])
   top = max(c for k, c in speedups if k == "neumf")

@@ -87,6 +87,12 @@ def apportion(total, fractions, caps):
   return np.minimum(counts, caps)
 
 
+def _held(shared, spec, view_power):
+  """What a client of a hashed level holds (fair.view): its collapse, rescaled by
+  `count^view_power` (nothing to do at power 0, the design's bucket means)."""
+  return subspace.rescale_map(spec, view_power)(shared) if view_power else shared
+
+
 def _map_groups(fn, xs, size):
   """Runs `fn` on consecutive groups of `size` clients (the last may be smaller).
 
@@ -253,6 +259,14 @@ class Simulation:
     """Per-client table seeds [K, tables] (inconsistent) or the shared ones."""
     return self._user_seeds[np.asarray(users)]
 
+  def group_size(self, lv):
+    """Clients of level lv that run as one vmapped group (fair.execution, chunk_size)."""
+    k = int(self.per_level[lv])
+    size = k if self.config.fair.execution == "vmap" else 1
+    if self.config.fair.chunk_size > 0:
+      size = min(size, int(self.config.fair.chunk_size))
+    return size
+
   def _powers(self, plan):
     """(lift power, view power) of a level: both 0 but on hashed levels."""
     hashed = plan.spec is not None and not plan.expand_each and not plan.per_entry
@@ -271,10 +285,7 @@ class Simulation:
     inconsistent = self.plan.inconsistent
     expand_each = plan.expand_each
     names = self.table_names
-    k = int(self.per_level[lv])
-    chunk = k if self.config.fair.execution == "vmap" else 1
-    if self.config.fair.chunk_size > 0:
-      chunk = min(chunk, int(self.config.fair.chunk_size))
+    chunk = self.group_size(lv)
 
     def tables_with(seeds):
       return {path: s._replace(seed=seeds[t]) for t, (path, s) in enumerate(spec.items())}
@@ -287,22 +298,19 @@ class Simulation:
     # FedHM's nonlinear expand_each path keep their own maps.
     power, view_power = self._powers(plan)
 
-    def held(shared, sp):  # fair.view
-      return subspace.rescale_map(sp, view_power)(shared) if view_power else shared
-
     def expand(params, sp):
       if power:
         return subspace.adjoint_map(sp, power)(params)
       return subspace.subspace(sp).expand(params)
 
     def program(params, user_rows, items, mask, weights, rngs, seeds, poison=None):
-      shared = None if inconsistent else held(down.collapse(params), spec)
+      shared = None if inconsistent else _held(down.collapse(params), spec, view_power)
       shared_full = down.expand(shared) if expand_each else None
 
       def one(xs, steps):
         user, it, mk, rng, sd, pz = xs
         sp = tables_with(sd) if inconsistent else spec
-        start = held(collapse(params, sp), sp) if inconsistent else shared
+        start = _held(collapse(params, sp), sp, view_power) if inconsistent else shared
         tseeds = {n: sd[t] for t, n in enumerate(names)} if inconsistent else None
         new_shared, new_user, loss = update(start, user, it, mk, rng, tseeds, steps)
         delta = jax.tree.map(jnp.subtract, new_shared, start)
@@ -324,15 +332,15 @@ class Simulation:
         # longest of them (an unbatched trip count; the extra steps are no-ops),
         # and their weighted sum is taken here, so no per-client copy of the
         # level's params outlives the group.
-        *xs, wt = xs
-        steps = client_lib.live_step_count(xs[2], self.local_cfg).max()
-        out, new_user, loss, ok, norm = jax.vmap(one, in_axes=(0, None))(tuple(xs), steps)
+        user, it, mk, rng, sd, pz, wt = xs
+        steps = client_lib.live_step_count(mk, self.local_cfg).max()
+        out, new_user, loss, ok, norm = jax.vmap(one, in_axes=(0, None))(
+            (user, it, mk, rng, sd, pz), steps)
         w = wt * ok
         return (server_lib.weighted_sum(out, w), w.sum()), (new_user, loss, ok, norm)
 
       total, wsum, (new_users, losses, oks, norms) = _map_groups(
           group, (user_rows, items, mask, rngs, seeds, poison, weights), chunk)
-      w = weights * oks
       if not inconsistent and not expand_each:
         total = expand(total, spec) if power else down.expand(total)
       answered = (weights > 0) & oks
@@ -552,9 +560,8 @@ class Simulation:
 
         def score(params, users_tab, u, items):
           # Users too: a HeteroFL level slices their rows.
-          full = sub.collapse(models.merge_user_params(users_tab, params))
-          if view_power:  # fair.view=lift: what the device holds
-            full = subspace.rescale_map(plan.spec, view_power)(full)
+          full = _held(sub.collapse(models.merge_user_params(users_tab, params)), plan.spec,
+                       view_power)
           return model.apply(full, jnp.broadcast_to(u[:, None], items.shape), items)
         self._eval_fns[lv] = jax.jit(score)
       fn = self._eval_fns[lv]
@@ -567,9 +574,7 @@ class Simulation:
 
       def score_one(params, users_tab, u, items, seeds):
         sp = {path: s._replace(seed=seeds[t]) for t, (path, s) in enumerate(spec.items())}
-        shared = subspace.subspace(sp).collapse(params)
-        if view_power:
-          shared = subspace.rescale_map(sp, view_power)(shared)
+        shared = _held(subspace.subspace(sp).collapse(params), sp, view_power)
         full = models.merge_user_params(users_tab, shared)
         tseeds = {n: seeds[t] for t, n in enumerate(names)}
         return model.apply(full, jnp.broadcast_to(u, items.shape), items, tseeds)

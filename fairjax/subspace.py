@@ -126,10 +126,19 @@ def _check_spec(spec):
 
 def _full_buckets(spec):
   """Bucket and sign of every element, each `[rows, cols]` (server side)."""
-  i = jnp.arange(spec.rows, dtype=jnp.int32)[:, None]
-  j = jnp.arange(spec.cols, dtype=jnp.int32)[None, :]
-  return (hashing.bucket(i, j, spec.seed, spec.size),
-          hashing.element_sign(i, j, spec.seed))
+  return _row_buckets(spec, jnp.arange(spec.rows, dtype=jnp.int32))
+
+
+def _row_buckets(spec, ids):
+  """Bucket and sign of the elements of rows `ids`, each `ids.shape + (cols,)`."""
+  i = jnp.asarray(ids).astype(jnp.int32)[..., None]
+  j = jnp.arange(spec.cols, dtype=jnp.int32)
+  return hashing.bucket(i, j, spec.seed, spec.size), hashing.element_sign(i, j, spec.seed)
+
+
+def _counts(b, size, dtype):
+  """Elements per bucket, given every element's bucket `b`."""
+  return jax.ops.segment_sum(jnp.ones(b.size, dtype), b.ravel(), num_segments=size)
 
 
 def lookup(w, spec, ids):
@@ -149,10 +158,8 @@ def lookup(w, spec, ids):
   ids = jnp.asarray(ids)
   if spec.size is None:
     return w[ids]
-  j = jnp.arange(spec.cols, dtype=jnp.int32)
-  i = ids.astype(jnp.int32)[..., None]
-  b = hashing.bucket(i, j, spec.seed, spec.size)
-  return hashing.element_sign(i, j, spec.seed).astype(w.dtype) * w[b]
+  b, g = _row_buckets(spec, ids)
+  return g.astype(w.dtype) * w[b]
 
 
 def lookup_add(w, spec, ids, rows):
@@ -176,11 +183,8 @@ def lookup_add(w, spec, ids, rows):
   ids = jnp.asarray(ids)
   if spec.size is None:
     return w.at[ids].add(rows.astype(w.dtype))
-  j = jnp.arange(spec.cols, dtype=jnp.int32)
-  i = ids.astype(jnp.int32)[..., None]
-  b = hashing.bucket(i, j, spec.seed, spec.size)
-  g = hashing.element_sign(i, j, spec.seed).astype(w.dtype)
-  return w.at[b].add(g * rows.astype(w.dtype))
+  b, g = _row_buckets(spec, ids)
+  return w.at[b].add(g.astype(w.dtype) * rows.astype(w.dtype))
 
 
 def expand(w, spec):
@@ -202,9 +206,7 @@ def bucket_counts(spec):
   """
   if spec.size is None:
     return jnp.ones((spec.rows, spec.cols), jnp.int32)
-  b, _ = _full_buckets(spec)
-  return jax.ops.segment_sum(jnp.ones(b.size, jnp.int32), b.ravel(),
-                             num_segments=spec.size)
+  return _counts(_full_buckets(spec)[0], spec.size, jnp.int32)
 
 
 def _safe_divide(total, count):
@@ -226,12 +228,9 @@ def collapse(table, spec):
   if spec.size is None:
     return table
   b, g = _full_buckets(spec)
-  b = b.ravel()
-  total = jax.ops.segment_sum((g.astype(table.dtype) * table).ravel(), b,
+  total = jax.ops.segment_sum((g.astype(table.dtype) * table).ravel(), b.ravel(),
                               num_segments=spec.size)
-  count = jax.ops.segment_sum(jnp.ones(b.size, jnp.int32), b,
-                              num_segments=spec.size)
-  return _safe_divide(total, count)
+  return _safe_divide(total, _counts(b, spec.size, jnp.int32))
 
 
 def adjoint(w, spec, power=1.0):
@@ -247,8 +246,8 @@ def adjoint(w, spec, power=1.0):
   """
   if spec.size is None:
     return w
-  b, g = _full_buckets(spec)
-  counts = jax.ops.segment_sum(jnp.ones(b.size, w.dtype), b.ravel(), num_segments=spec.size)
+  b, g = _full_buckets(spec)  # hashed once, for the counts and the expand
+  counts = _counts(b, spec.size, w.dtype)
   scale = jnp.where(counts > 0, jnp.maximum(counts, 1) ** -power, 0)
   return g.astype(w.dtype) * (w * scale)[b]
 
@@ -262,9 +261,7 @@ def rescale(w, spec, power):
   """
   if spec.size is None:
     return w
-  b, _ = _full_buckets(spec)
-  counts = jax.ops.segment_sum(jnp.ones(b.size, w.dtype), b.ravel(), num_segments=spec.size)
-  return w * jnp.maximum(counts, 1) ** power
+  return w * jnp.maximum(bucket_counts(spec).astype(w.dtype), 1) ** power
 
 
 def _static_seed(spec):

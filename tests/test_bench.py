@@ -23,8 +23,9 @@ def test_loop_of_jitted_steps_computes_the_vmapped_round(small_csv):
 def test_step_floor_counts_the_live_steps(small_csv):
   sim = make_sim(small_csv, capacities="1:0.5,4:0.5")
   state = sim.init_state()
-  floor, live = benchmarks.step_floor(sim, state, benchmarks.build_loop_fns(sim), 1,
-                                      groups=(1, 4), repeats=2)
+  fl = benchmarks.step_floor(sim, state, benchmarks.build_loop_fns(sim), 1,
+                             groups=(1, 4), repeats=2)
+  floor, live = fl["floor"], fl["live"]
   cfg = sim.local_cfg
   want = sum(int((-(-b.mask.sum(1) // cfg.batch_size)).sum()) for b in sim.sample(1)
              if b is not None) * cfg.local_epochs
