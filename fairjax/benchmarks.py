@@ -40,8 +40,10 @@ def loop_round(sim: simulate.Simulation, state, rnd, fns):
 
   Every client runs its local epochs one jitted minibatch step at a time
   (the way a per-client simulator is usually written); a client's steps past
-  its own data are skipped, since they would change nothing. Randomness,
-  screening and weighting are those of `Simulation.round`.
+  its own data are skipped, since they would change nothing. It runs the
+  algorithm's own level functions (broadcast, held, contribute, lift) and
+  aggregator, with the engine's randomness, screening and weighting, so it
+  cannot drift from the engine whatever the algorithm.
 
   Args:
     sim: the simulation.
@@ -55,30 +57,38 @@ def loop_round(sim: simulate.Simulation, state, rnd, fns):
   params = state["params"]
   users = state["users"]
   cfg = sim.local_cfg
+  algorithm = sim.algorithm
   key = jax.random.fold_in(jax.random.PRNGKey(sim.config.seed), rnd)
-  total, weight = None, 0.0
+  seeds = jnp.asarray(algorithm.seeds(rnd))
+  totals, weights = {}, {}
   for lv, batch in enumerate(sim.sample(rnd)):
     if batch is None:
       continue
-    shared = fns["collapse", lv](params)
+    level = algorithm.levels[lv]
+    cols = slice(None, level.user_cols)
+    shared = fns["broadcast", lv](params, seeds)
     rngs = jax.random.split(jax.random.fold_in(key, lv), len(batch.users))
-    level_sum = None
+    level_sum, level_weight = None, 0.0
     for k, u in enumerate(batch.users):
-      row = {n: {"embedding": users[n][u][None, :]} for n in users}
-      p = models.merge_user_params(row, shared)
+      sd = jnp.asarray(batch.seeds[k])
+      start = fns["held", lv](params, shared, sd)
+      row = {n: {"embedding": users[n][u][None, cols]} for n in users}
+      p = models.merge_user_params(row, start)
+      anchor = p if level.penalty else None
       opt_state = fns["opt_init", lv](p)
       items, mask = jnp.asarray(batch.items[k]), jnp.asarray(batch.mask[k])
       live_steps = int(client_lib.live_step_count(batch.mask[k], cfg))
+      tseeds = level.model_seeds(sim.table_names, sd)
       for ekey in client_lib.epoch_keys(rngs[k], cfg.local_epochs):
         pos, negs, valid = fns["batches"](ekey, items, mask)
         for t in range(live_steps):
-          (p, opt_state), _ = fns["step", lv](p, opt_state, pos[t], negs[t], valid[t])
-      delta, w = fns["finish"](p, shared, batch.weights[k])
-      level_sum = delta if level_sum is None else fns["add"](level_sum, delta)
-      weight = weight + w
-    expanded = fns["expand", lv](level_sum)
-    total = expanded if total is None else fns["add"](total, expanded)
-  new_params, _ = sim._server_step(params, state["opt_state"], total, weight)  # pylint: disable=protected-access
+          (p, opt_state), _ = fns["step", lv](p, opt_state, pos[t], negs[t], valid[t],
+                                              tseeds, anchor)
+      out, w = fns["finish", lv](p, start, sd, batch.weights[k])
+      level_sum = out if level_sum is None else fns["add"](level_sum, out)
+      level_weight = level_weight + w
+    totals[lv], weights[lv] = fns["lift", lv](level_sum, seeds), level_weight
+  new_params, _ = sim.engine.server_step(params, state["opt_state"], totals, weights)
   return new_params
 
 
@@ -87,25 +97,28 @@ def build_loop_fns(sim):
   kind = sim.kind
   screen = sim.screen
   cfg = sim.local_cfg
-
-  def finish(p, shared, weight):
-    _, new_shared = models.split_user_params(p, kind)
-    delta = jax.tree.map(jnp.subtract, new_shared, shared)
-    delta, ok, _ = server_lib.screen_update(delta, screen)
-    w = weight * ok
-    return jax.tree.map(lambda d: d * w, delta), w
-
   fns = {"add": jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b)),
-         "batches": jax.jit(lambda k, i, m: client_lib.epoch_batches(k, i, m, cfg)),
-         "finish": jax.jit(finish)}
-  for lv, plan in enumerate(sim.plan.levels):
-    if not plan.trains:
+         "batches": jax.jit(lambda k, i, m: client_lib.epoch_batches(k, i, m, cfg))}
+  for lv, level in enumerate(sim.algorithm.levels):
+    if not level.trains:
       continue
-    fns["step", lv] = jax.jit(client_lib.make_step(plan.model, sim.local_opt, cfg))
-    fns["opt_init", lv] = jax.jit(functools.partial(client_lib.init_opt_state, plan.model,
+
+    def finish(p, start, seeds, weight, level=level):
+      _, new_shared = models.split_user_params(p, kind)
+      delta = jax.tree.map(jnp.subtract, new_shared, start)
+      delta, ok, _ = server_lib.screen_update(delta, screen)
+      w = weight * ok
+      out = level.contribute(start, delta, ok, seeds)
+      return jax.tree.map(lambda d: d * w, out), w
+
+    fns["finish", lv] = jax.jit(finish)
+    fns["step", lv] = jax.jit(client_lib.make_step(level.model, sim.local_opt, cfg,
+                                                   level.penalty))
+    fns["opt_init", lv] = jax.jit(functools.partial(client_lib.init_opt_state, level.model,
                                                     sim.local_opt, cfg))
-    fns["collapse", lv] = jax.jit(plan.down.collapse)
-    fns["expand", lv] = jax.jit(plan.down.expand)
+    fns["broadcast", lv] = jax.jit(level.broadcast)
+    fns["held", lv] = jax.jit(level.held)
+    fns["lift", lv] = jax.jit(level.lift)
   return fns
 
 
@@ -137,11 +150,14 @@ def step_floor(sim, state, fns, rnd, groups=(1, 8, 64), repeats=20):
     size = sim.group_size(lv)
     padded += sum(int(counts[i:i + size].max()) * len(counts[i:i + size])
                   for i in range(0, len(counts), size)) * cfg.local_epochs
-    plan = sim.plan.levels[lv]
-    step = jax.jit(jax.vmap(client_lib.make_step(plan.model, sim.local_opt, cfg)),
-                   donate_argnums=(0, 1))
-    row = {n: {"embedding": state["users"][n][:1]} for n in state["users"]}
-    p = models.merge_user_params(row, fns["collapse", lv](state["params"]))
+    level = sim.algorithm.levels[lv]
+    step = jax.jit(jax.vmap(client_lib.make_step(level.model, sim.local_opt, cfg,
+                                                 level.penalty)), donate_argnums=(0, 1))
+    row = {n: {"embedding": state["users"][n][:1, :level.user_cols]} for n in state["users"]}
+    seeds = jnp.asarray(batch.seeds[0])
+    held = fns["held", lv](state["params"], fns["broadcast", lv](state["params"], seeds),
+                           seeds)
+    p = models.merge_user_params(row, held)
     times = {}
     for group in groups:
       carry = jax.tree.map(lambda x, g=group: jnp.repeat(x[None], g, 0),
@@ -150,10 +166,12 @@ def step_floor(sim, state, fns, rnd, groups=(1, 8, 64), repeats=20):
       negs = jax.random.randint(k2, (group, cfg.batch_size, cfg.num_negatives), 0,
                                 cfg.num_items)
       ok = jnp.ones((group, cfg.batch_size), bool)
+      anchor = (jax.tree.map(lambda x, g=group: jnp.repeat(x[None], g, 0), p)
+                if level.penalty else None)
       runs = []
       for _ in range(repeats + 1):
         start = time.perf_counter()
-        carry, _ = step(*carry, pos, negs, ok)
+        carry, _ = step(*carry, pos, negs, ok, None, anchor)
         jax.block_until_ready(carry)
         runs.append(time.perf_counter() - start)
       times[group] = statistics.median(runs[1:]) / group

@@ -104,8 +104,8 @@ def init_opt_state(model: models.ModelDef, optimizer: optax.GradientTransformati
 
 
 def make_step(model: models.ModelDef, optimizer: optax.GradientTransformation,
-              cfg: LocalConfig):
-  """One local step on a minibatch: `step(params, opt_state, pos, negs, ok, seeds)`.
+              cfg: LocalConfig, penalty=None):
+  """One local step on a minibatch: `step(params, opt_state, pos, negs, ok, seeds, anchor)`.
 
   `pos` [B], `negs` [B, K] and `ok` [B] are one row of `epoch_batches`.
 
@@ -115,6 +115,12 @@ def make_step(model: models.ModelDef, optimizer: optax.GradientTransformation,
   transpose, so a step never builds or touches a whole table. `optimizer`
   then updates only the remaining (dense) params, and its state must come
   from `init_opt_state`.
+
+  `penalty(params, anchor)` (an algorithm's, e.g. FedProx's proximal term)
+  is added to the objective; `anchor` is the params the client started its
+  round from. Its gradient is taken whole: on a table that means an
+  O(table) step, so a penalty on the tables gives up what the sparse row
+  step saves (the penalty's own step is dense; the loss's stays sparse).
 
   Returns ((params, opt_state), (loss * live, live)); a batch of padding
   (no valid example) changes nothing.
@@ -128,15 +134,17 @@ def make_step(model: models.ModelDef, optimizer: optax.GradientTransformation,
     both = jnp.concatenate([pos[:, None], negs], axis=1)
     return jnp.zeros_like(both), both
 
-  def dense_step(params, opt_state, pos, negs, ok, seeds=None):
+  def dense_step(params, opt_state, pos, negs, ok, seeds=None, anchor=None):
     users, both = batch(pos, negs)
     valid = ok.astype(jnp.float32)
 
     def objective(params):
       logits = model.apply(params, users, both, seeds)
-      return loss_fn(logits[:, 0], logits[:, 1:], valid)
+      loss = loss_fn(logits[:, 0], logits[:, 1:], valid)
+      # The reported loss is the data's; the penalty only steers the step.
+      return (loss + penalty(params, anchor) if penalty else loss), loss
 
-    loss, grads = jax.value_and_grad(objective)(params)
+    (_, loss), grads = jax.value_and_grad(objective, has_aux=True)(params)
     updates, new_state = optimizer.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
     # A batch of padding must not move anything (Adam would, on zeros).
@@ -144,7 +152,7 @@ def make_step(model: models.ModelDef, optimizer: optax.GradientTransformation,
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(live, a, b), new, old)
     return (keep(new_params, params), keep(new_state, opt_state)), (loss * live, live)
 
-  def sparse_step(params, opt_state, pos, negs, ok, seeds=None):
+  def sparse_step(params, opt_state, pos, negs, ok, seeds=None, anchor=None):
     users, both = batch(pos, negs)
     valid = ok.astype(jnp.float32)
     tables = {n: params[n] for n in names}
@@ -159,6 +167,12 @@ def make_step(model: models.ModelDef, optimizer: optax.GradientTransformation,
       return loss_fn(logits[:, 0], logits[:, 1:], valid)
 
     loss, (g_rest, g_rows) = jax.value_and_grad(objective, argnums=(0, 1))(rest, zeros)
+    if penalty:
+      # Zero on padding, like the loss's gradient, so a padding step moves nothing.
+      g_pen = jax.grad(lambda p: penalty(p, anchor) * ok.any())(params)
+      g_rest = jax.tree.map(jnp.add, g_rest, {k: g_pen[k] for k in rest})
+      tables = {n: {"embedding": tables[n]["embedding"] - cfg.table_lr
+                    * g_pen[n]["embedding"]} for n in names}
     updates, new_state = optimizer.update(g_rest, opt_state, rest)
     new_params = dict(optax.apply_updates(rest, updates))
     for n in names:
@@ -180,13 +194,15 @@ def live_step_count(mask, cfg: LocalConfig):
 
 
 def make_local_update(model: models.ModelDef, optimizer: optax.GradientTransformation,
-                      cfg: LocalConfig):
+                      cfg: LocalConfig, penalty=None):
   """Builds `update(shared, user, items, mask, rng, seeds, num_steps) -> (shared, user, loss)`.
 
   Args:
     model: the client's model (one user row; item tables at its level).
     optimizer: the local optimizer (its state is reset every round).
     cfg: static local-training settings.
+    penalty: optional `(params, anchor) -> scalar` added to the local loss
+      (see `make_step`).
 
   Returns:
     A pure function over one client, suitable for vmap:
@@ -199,10 +215,11 @@ def make_local_update(model: models.ModelDef, optimizer: optax.GradientTransform
     It returns the new shared params, the new user params and the mean
     training loss over its valid minibatches.
   """
-  step = make_step(model, optimizer, cfg)
+  step = make_step(model, optimizer, cfg, penalty)
 
   def update(shared, user, items, mask, rng, seeds=None, num_steps=None):
     params = models.merge_user_params(user, shared)
+    anchor = params if penalty else None
     opt_state = init_opt_state(model, optimizer, cfg, params)
 
     # Steps past the client's own data change nothing, so a while loop stops
@@ -216,7 +233,7 @@ def make_local_update(model: models.ModelDef, optimizer: optax.GradientTransform
 
       def body(c):
         t, carry, loss_sum, live_sum = c
-        carry, (loss, live) = step(*carry, pos[t], negs[t], valid[t], seeds)
+        carry, (loss, live) = step(*carry, pos[t], negs[t], valid[t], seeds, anchor)
         return t + 1, carry, loss_sum + loss, live_sum + live
 
       zero = jnp.zeros((), jnp.float32)

@@ -28,6 +28,7 @@ from typing import Mapping, NamedTuple, Optional, Sequence
 import jax
 import numpy as np
 
+from fairjax import algorithms
 from fairjax import capacity
 from fairjax import experiment
 from fairjax import metrics
@@ -38,10 +39,10 @@ DISTRIBUTIONS = {
     "wide": "1:0.25,8:0.25,64:0.25,512:0.25",
     "extreme": "1:0.1,16:0.3,256:0.3,4096:0.3",
 }
-# Table order: references to the memory-blind bound, the baselines, FAIR.
-ORDER = ("fedavg", "drop", "smallest", "heterofl", "fedhm", "fair", "fair_inconsistent",
-         "centralized", "popularity")
-REFERENCES = ("centralized", "popularity")
+# Table order: the registry's (the memory-blind bound, the baselines, FAIR's
+# family), then the references.
+ORDER = algorithms.all_names()
+REFERENCES = algorithms.REFERENCES
 # Methods that leave devices out when memory is short (FAIR's comparison set).
 EXCLUDING = ("drop", "heterofl", "fedhm")
 
@@ -91,9 +92,10 @@ def parse_distributions(text: str) -> Mapping[str, str]:
 def parse_algorithms(text: str) -> Sequence[str]:
   names = [a.strip() for a in text.split(",") if a.strip()] if text else list(ORDER)
   for a in names:
-    if a not in experiment.ALGORITHMS:
-      raise InputError(f"--algorithms: unknown algorithm {a!r}; choose from "
-                       f"{', '.join(experiment.ALGORITHMS)}")
+    try:
+      algorithms.check(a)
+    except InputError as e:
+      raise InputError(f"--algorithms: {e}") from None
   return names
 
 

@@ -3,6 +3,7 @@ import sys
 
 from absl import flags
 from absl import logging
+from ml_collections import config_flags
 
 
 def fail(message):
@@ -33,8 +34,29 @@ def parse_flags_or_fail(argv):
   return rest
 
 
+def load_config(config_flag):
+  """The config a `--config` flag names, or exit 2 saying why it cannot be loaded.
+
+  config_flags defers a load failure (a missing file, an exception inside
+  the file) to the first read of `.value`, as an OSError with a traceback.
+  """
+  value = config_flag.value
+  try:
+    if value is not None:
+      getattr(value, "keys")  # a config that failed to load raises here
+    return value
+  except Exception as e:  # pylint: disable=broad-except
+    try:
+      name = config_flags.get_config_filename(flags.FLAGS[config_flag.name])
+    except Exception:  # pylint: disable=broad-except
+      name = "the config file"
+    cause = e.__cause__ or e
+    reason = str(cause).strip().splitlines()[-1].strip() if str(cause).strip() else ""
+    fail(f"--config: cannot load {name}" + (f" ({reason})" if reason else ""))
+
+
 def require_config_and_workdir(config_flag, workdir_flag, example):
-  if config_flag.value is None:
+  if load_config(config_flag) is None:
     fail(f"--config: required, e.g. --config={example}")
   if not workdir_flag.value:
     fail("--workdir: required")

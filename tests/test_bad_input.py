@@ -246,3 +246,14 @@ def test_bad_input_exits_2_with_one_error_line_naming_the_culprit(outcomes, case
   # Nothing that looks like a result.
   assert "| overall |" not in stdout
   assert not os.path.exists(os.path.join(workdir, "metrics.jsonl"))
+
+
+@pytest.mark.parametrize("module", ["launch.train", "launch.sweep"])
+def test_a_missing_config_file_alone_exits_2(module, tmp_path):
+  """Only `--config=` and `--workdir=`: config_flags defers the load error."""
+  from conftest import run_launch  # pylint: disable=g-import-not-at-top
+  proc = run_launch(module, ["--config=configs/missing.py", f"--workdir={tmp_path}"])
+  assert proc.returncode == 2, proc.stderr
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "configs/missing.py" in errors[0], proc.stderr
+  assert "Traceback" not in proc.stderr

@@ -106,7 +106,7 @@ def test_heterofl_entries_only_full_clients_hold_average_over_them(small_csv):
   s0 = het_sim.init_state()
   het, _ = het_sim.round(s0, 1)
   drop, _ = drop_sim.round(s0, 1)
-  width = het_sim.plan.levels[1].user_cols
+  width = het_sim.algorithm.levels[1].user_cols
   assert width == 2
   for t in ("item_gmf", "item_mlp"):
     np.testing.assert_allclose(het["params"][t]["embedding"][:, width:],
@@ -161,8 +161,8 @@ def test_fedhm_at_full_capacity_equals_fedavg(small_csv):
 
 def test_fedhm_low_rank_level_trains(small_csv):
   sim = _sim(small_csv, algorithm="fedhm", capacities="1:0.5,2:0.5")
-  lp = sim.plan.levels[1]
-  assert lp.trains and lp.expand_each
+  lp = sim.algorithm.levels[1]
+  assert lp.trains and "u" in jax.eval_shape(lp.model.init, jax.random.PRNGKey(0))["item_gmf"]
   assert sim.level_bytes(1)["tables"] <= sim.level_bytes(0)["tables"] / 2
   s0 = sim.init_state()
   s1, stats = sim.round(s0, 1)
@@ -175,7 +175,7 @@ def test_fedhm_low_rank_level_trains(small_csv):
   a = only.init_state()
   b, _ = only.round(a, 1)
   moved = np.asarray(b["params"]["item_gmf"]["embedding"] - a["params"]["item_gmf"]["embedding"])
-  rank = only.plan.levels[0].model.module.item_rank
+  rank = only.algorithm.levels[0].model.module.item_rank
   assert np.linalg.matrix_rank(moved, tol=1e-6) <= 2 * rank
 
 
@@ -186,7 +186,7 @@ def test_impossible_levels_are_excluded_and_counted(small_csv, tmp_path):
   # d = 8: HeteroFL cannot serve c = 16; FedHM's rank at c = 16 is 0.
   for algorithm in ("heterofl", "fedhm"):
     sim = _sim(small_csv, algorithm=algorithm, capacities="1:0.5,16:0.5")
-    assert [lp.trains for lp in sim.plan.levels] == [True, False]
+    assert [lp.trains for lp in sim.algorithm.levels] == [True, False]
     assert sim.per_level[1] == 0
   config = small_config(small_csv, algorithm="heterofl", capacities="1:0.5,16:0.5", rounds=2)
   final = experiment.run(config, str(tmp_path / "het"), verbose=False)
@@ -198,13 +198,13 @@ def test_impossible_levels_are_excluded_and_counted(small_csv, tmp_path):
     assert json.loads(f.readlines()[-1])["final"]
 
 
-@pytest.mark.parametrize("algorithm", experiment.ALGORITHMS)
+@pytest.mark.parametrize("algorithm", algorithms.all_names())
 def test_full_protocol_runs_for_every_algorithm(small_csv, tmp_path, algorithm):
   config = small_config(small_csv, algorithm=algorithm, capacities="1:0.5,4:0.5", rounds=1,
                         **{"eval.protocol": "full", "train.epochs": 1})
   final = experiment.run(config, str(tmp_path / algorithm), verbose=False)
   for key in ("ndcg@20", "recall@20"):
     assert 0.0 <= final[key] <= 1.0, (key, final[key])
-  if algorithm in experiment.FEDERATED:
+  if algorithm in algorithms.federated():
     assert 0.0 <= final["level/4x/ndcg@20"] <= 1.0
     assert final["excluded_clients"] >= 0

@@ -37,7 +37,7 @@ def test_vmap_and_scan_execution_agree(small_csv):
 
 def _outside(sim, lv, params):
   """The component of the item tables outside level lv's subspace."""
-  sub = subspace.subspace(sim.plan.levels[lv].spec)
+  sub = subspace.subspace(sim.algorithm.levels[lv].spec)
   proj = sub.expand(sub.collapse(params))
   return {p[0]: params[p[0]]["embedding"] - proj[p[0]]["embedding"] for p in sim.shapes}
 
@@ -88,10 +88,10 @@ def test_everyone_dropping_out_leaves_the_server_unchanged(small_csv):
 
 def test_smallest_and_drop_plans(small_csv):
   small = _sim(small_csv, algorithm="smallest", capacities="1:0.5,4:0.5")
-  sizes = {lp.spec[p].size for lp in small.plan.levels for p in small.shapes}
+  sizes = {lp.spec[p].size for lp in small.algorithm.levels for p in small.shapes}
   assert len(sizes) == 1 and None not in sizes
   drop = _sim(small_csv, algorithm="drop", capacities="1:0.5,4:0.5")
-  assert [lp.trains for lp in drop.plan.levels] == [True, False]
+  assert [lp.trains for lp in drop.algorithm.levels] == [True, False]
   assert drop.per_level[1] == 0
 
 
@@ -142,7 +142,7 @@ def test_adjoint_lift_moves_the_server_by_the_transpose_of_collapse(small_csv):
   s0 = sim_e.init_state()
   s_e, _ = sim_e.round(s0, 1)
   s_a, _ = sim_a.round(s0, 1)
-  sp = sim_e.plan.levels[0].spec
+  sp = sim_e.algorithm.levels[0].spec
   for path, table_spec in sp.items():
     name = path[0]
     before, exp, adj = (s[name]["embedding"] for s in (s0["params"], s_e["params"],
@@ -202,7 +202,7 @@ def test_lift_view_scores_with_what_the_client_holds(small_csv):
   mean = _sim(small_csv, **kw)
   lifted = _sim(small_csv, **kw, **{"fair.view": "lift"})
   s0 = mean.init_state()
-  plan = lifted.plan.levels[0]
+  plan = lifted.algorithm.levels[0]
   held = subspace.rescale_map(plan.spec, 0.5)(plan.eval_down.collapse(s0["params"]))
   u, items = jnp.array([0, 3]), jnp.array([[1, 2, 5], [0, 7, 9]])
   emb = {n: {"embedding": e} for n, e in s0["users"].items()}

@@ -1,0 +1,182 @@
+"""The round engine: one federated round of any algorithm, with no branch on which.
+
+For each level with clients this round (`fairjax.algorithms.base` defines
+the pieces):
+
+    broadcast -> vmapped local update -> screen -> contribute
+              -> weighted sum -> lift
+
+then the aggregator averages the levels' totals and the server optimizer
+applies the average. A level's clients run as one jitted program: vmapped
+groups of `group_size` clients scanned in sequence (their weighted sum
+taken inside the group, so no per-client copy of the params outlives it),
+split over the mesh's devices by `sharding.shard_clients`.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fairjax import client as client_lib
+from fairjax import server as server_lib
+from fairjax import sharding
+
+
+def map_groups(fn, xs, size):
+  """Runs `fn` on consecutive groups of `size` clients (the last may be smaller).
+
+  `fn(group) -> (summed, per_client)`: the `summed` outputs are added over
+  groups, the `per_client` ones concatenated back to one row per client.
+  """
+  k = jax.tree.leaves(xs)[0].shape[0]
+  size = max(1, min(size, k))
+  full = k // size * size
+  total, rows = None, []
+  if full:
+    head = jax.tree.map(lambda x: x[:full].reshape((k // size, size) + x.shape[1:]), xs)
+    zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                        jax.eval_shape(fn, jax.tree.map(lambda x: x[0], head))[0])
+
+    def body(acc, group):
+      summed, per = fn(group)
+      return jax.tree.map(jnp.add, acc, summed), per
+
+    total, per = jax.lax.scan(body, zero, head)
+    rows.append(jax.tree.map(lambda y: y.reshape((full,) + y.shape[2:]), per))
+  if k > full:
+    summed, per = fn(jax.tree.map(lambda x: x[full:], xs))
+    total = summed if total is None else jax.tree.map(jnp.add, total, summed)
+    rows.append(per)
+  per = rows[0] if len(rows) == 1 else jax.tree.map(lambda *r: jnp.concatenate(r), *rows)
+  return (*total, per)
+
+
+def client_update(level, update, table_names, screen):
+  """One client's round, as the engine and the bench's loop both run it.
+
+  Returns `one((params, shared, user, items, mask, rng, seeds, poison), steps)
+  -> (contribution, new user rows, loss, accepted, norm)`.
+  """
+  def one(params, shared, xs, steps):
+    user, it, mk, rng, sd, pz = xs
+    start = level.held(params, shared, sd)
+    new_shared, new_user, loss = update(start, user, it, mk, rng,
+                                        level.model_seeds(table_names, sd), steps)
+    delta = jax.tree.map(jnp.subtract, new_shared, start)
+    if pz is not None:  # client.poison hook
+      delta = jax.tree.map(lambda d: d * pz.astype(d.dtype), delta)
+    delta, ok, norm = server_lib.screen_update(delta, screen)
+    return level.contribute(start, delta, ok, sd), new_user, loss, ok, norm
+  return one
+
+
+class Engine:
+  """Runs rounds of `algorithm` (an `algorithms.Algorithm`).
+
+  Args:
+    algorithm: the algorithm value.
+    local_opt: the clients' optax optimizer.
+    local_cfg: `client.LocalConfig`.
+    server_opt: the server's optax optimizer.
+    screen: `server.Screen` bounds on client updates.
+    mesh: from `sharding.make_mesh`.
+    group_sizes: per level, clients per vmapped group.
+    table_names: the item tables, in the order of the seeds' columns.
+  """
+
+  def __init__(self, algorithm, local_opt, local_cfg, server_opt, screen, mesh, group_sizes,
+               table_names):
+    self.algorithm = algorithm
+    self.local_opt, self.local_cfg = local_opt, local_cfg
+    self.server_opt, self.screen = server_opt, screen
+    self.mesh, self.group_sizes, self.table_names = mesh, group_sizes, table_names
+    self._programs = {}
+
+  def local_update(self, level):
+    return client_lib.make_local_update(level.model, self.local_opt, self.local_cfg,
+                                        level.penalty)
+
+  def program(self, lv):
+    """The jitted program of level lv: `(params, seeds), per-client arrays -> sums, rows`."""
+    if lv in self._programs:
+      return self._programs[lv]
+    level = self.algorithm.levels[lv]
+    one = client_update(level, self.local_update(level), self.table_names, self.screen)
+    cfg, size = self.local_cfg, self.group_sizes[lv]
+
+    def program(server, user_rows, items, mask, weights, rngs, seeds, poison=None):
+      params, round_seeds = server
+      shared = level.broadcast(params, round_seeds)
+
+      def group(xs):
+        # Every client of a group runs as many steps as its longest one (an
+        # unbatched trip count; the extra steps are no-ops).
+        user, it, mk, rng, sd, pz, wt = xs
+        steps = client_lib.live_step_count(mk, cfg).max()
+        out, new_user, loss, ok, norm = jax.vmap(
+            lambda x: one(params, shared, x, steps))((user, it, mk, rng, sd, pz))
+        w = wt * ok
+        return (server_lib.weighted_sum(out, w), w.sum()), (new_user, loss, ok, norm)
+
+      total, wsum, (new_users, losses, oks, norms) = map_groups(
+          group, (user_rows, items, mask, rngs, seeds, poison, weights), size)
+      total = level.lift(total, round_seeds)
+      answered = (weights > 0) & oks
+      keep = lambda new, old: jnp.where(answered.reshape((-1,) + (1,) * (new.ndim - 1)),
+                                        new, old)
+      new_users = jax.tree.map(keep, new_users, user_rows)
+      return total, wsum, new_users, losses, oks, norms
+
+    # Outputs: (total, weight sum) summed over clients, then per-client ones.
+    self._programs[lv] = sharding.shard_clients(program, self.mesh, num_summed=2)
+    return self._programs[lv]
+
+  @functools.cached_property
+  def server_step(self):
+    """`(params, opt_state, totals, weights) -> (params, opt_state)`, jitted.
+
+    `totals` and `weights` are dicts keyed by level; no donation, so callers
+    (tests, notebooks) may keep the previous state.
+    """
+    opt, agg = self.server_opt, self.algorithm.aggregator
+
+    def step(params, opt_state, totals, weights):
+      g = agg.average(params, totals, weights)
+      weight = sum(weights[lv] for lv in sorted(weights))
+      return server_lib.apply_average(opt, params, opt_state, g, weight)
+    return jax.jit(step)
+
+  def round(self, params, opt_state, users, batches, rnd, key):
+    """Runs one round on the sampled `batches` (one per level, or None).
+
+    Args:
+      params, opt_state: the server's.
+      users: table name -> every user's stored rows.
+      batches: from the sampler.
+      rnd: the round number (the algorithm's seeds may depend on it).
+      key: the round's PRNG key.
+
+    Returns:
+      (params, opt_state, users, per level: (batch, accepted, loss) or None).
+    """
+    totals, weights, out = {}, {}, []
+    users = dict(users)
+    round_seeds = jnp.asarray(self.algorithm.seeds(rnd))
+    for lv, batch in enumerate(batches):
+      if batch is None:
+        out.append(None)
+        continue
+      k = len(batch.users)
+      cols = slice(None, self.algorithm.levels[lv].user_cols)
+      rows = {n: {"embedding": users[n][batch.users][:, None, cols]} for n in users}
+      rngs = jax.random.split(jax.random.fold_in(key, lv), k)
+      totals[lv], weights[lv], new_rows, loss, ok, _ = self.program(lv)(
+          (params, round_seeds), rows, batch.items, batch.mask, batch.weights, rngs,
+          batch.seeds, batch.poison)
+      for n in users:
+        users[n] = users[n].at[batch.users, cols].set(new_rows[n]["embedding"][:, 0, :])
+      out.append((batch, np.asarray(ok), np.asarray(loss)))
+    if totals:
+      params, opt_state = self.server_step(params, opt_state, totals, weights)
+    return params, opt_state, users, out, sum(weights[lv] for lv in sorted(weights))
