@@ -12,6 +12,7 @@ from fairjax.algorithms import base
 from fairjax.algorithms import hashed
 from fairjax.algorithms import heterofl as _heterofl
 from fairjax.algorithms import fedhm as _fedhm
+from fairjax.algorithms import fedprox as _fedprox
 from fairjax.algorithms.base import Algorithm, Aggregator, Context, Level  # noqa: F401
 from fairjax.algorithms.fedhm import fedhm_rank, low_rank_subspace  # noqa: F401
 from fairjax.algorithms.heterofl import column_subspace, heterofl_width  # noqa: F401
@@ -27,6 +28,7 @@ REGISTRY = {
     "fedhm": _fedhm.fedhm,
     "fair": hashed.fair,
     "fair_inconsistent": hashed.fair_inconsistent,
+    "fedprox": _fedprox.fedprox,
 }
 # Not federated: trained on all data at once, or no training at all.
 REFERENCES = ("centralized", "popularity")
