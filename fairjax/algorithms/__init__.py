@@ -13,6 +13,7 @@ from fairjax.algorithms import hashed
 from fairjax.algorithms import heterofl as _heterofl
 from fairjax.algorithms import fedhm as _fedhm
 from fairjax.algorithms import fedprox as _fedprox
+from fairjax.algorithms import reseed as _reseed
 from fairjax.algorithms.base import Algorithm, Aggregator, Context, Level  # noqa: F401
 from fairjax.algorithms.fedhm import fedhm_rank, low_rank_subspace  # noqa: F401
 from fairjax.algorithms.heterofl import column_subspace, heterofl_width  # noqa: F401
@@ -29,6 +30,7 @@ REGISTRY = {
     "fair": hashed.fair,
     "fair_inconsistent": hashed.fair_inconsistent,
     "fedprox": _fedprox.fedprox,
+    "fair_reseed": _reseed.fair_reseed,
 }
 # Not federated: trained on all data at once, or no training at all.
 REFERENCES = ("centralized", "popularity")
