@@ -197,6 +197,8 @@ def fair_round(quick=False, data_path=""):
   elif quick:
     config.data.name = "ml-100k"
   dataset = data_lib.load(config.data)
+  # A user's file is a smoke test (one small case, nothing written): quick timing.
+  quick = quick or bool(data_path)
   repeats = 2 if quick else 5
   groups = (1, 8) if quick else (1, 8, 64)
   rows = []

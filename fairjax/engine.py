@@ -158,7 +158,8 @@ class Engine:
       key: the round's PRNG key.
 
     Returns:
-      (params, opt_state, users, per level: (batch, accepted, loss) or None).
+      (params, opt_state, users, per level (batch, accepted, loss) or None,
+      the round's summed client weight).
     """
     totals, weights, out = {}, {}, []
     users = dict(users)

@@ -112,3 +112,14 @@ def pytest_configure(config):
   jax.config.update("jax_compilation_cache_dir", JAX_CACHE)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+  """Drops each module's compiled programs when it ends: they would otherwise pile
+  up over the suite (several GB of executables by its end)."""
+  yield
+  import gc  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.clear_caches()
+  gc.collect()

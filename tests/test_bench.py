@@ -1,14 +1,21 @@
 """The federated benchmark: its loop baseline computes the same round, and the CLI."""
 import chex
 import jax
+import pytest
 
 from conftest import make_sim
 from conftest import run_launch
 from fairjax import benchmarks
 
 
-def test_loop_of_jitted_steps_computes_the_vmapped_round(small_csv):
-  sim = make_sim(small_csv, capacities="1:0.5,4:0.5")
+# The loop runs the algorithm's own level functions, so it agrees whatever
+# the algorithm: a penalty (fedprox), per-client seeds, column slices.
+@pytest.mark.parametrize("algorithm", [
+    "fair", "fedprox:mu=0.5", pytest.param("fair_inconsistent", marks=pytest.mark.slow),
+    pytest.param("heterofl", marks=pytest.mark.slow),
+    pytest.param("fair_reseed", marks=pytest.mark.slow)])
+def test_loop_of_jitted_steps_computes_the_vmapped_round(small_csv, algorithm):
+  sim = make_sim(small_csv, capacities="1:0.5,4:0.5", algorithm=algorithm)
   state = sim.init_state()
   fns = benchmarks.build_loop_fns(sim)
   vmapped = sim.round(state, 1)[0]["params"]
