@@ -66,7 +66,9 @@ def parse(algorithm):
 def check(algorithm):
   """Raises InputError unless `algorithm` names a known algorithm with known arguments."""
   name, args = parse(algorithm)
-  if name in REFERENCES and not args:
+  if name in REFERENCES:
+    if args:
+      raise InputError(f"algorithm: {name} takes no arguments, got {', '.join(args)}")
     return
   if name not in REGISTRY:
     raise InputError(f"algorithm: unknown algorithm {name!r}; choose one of "
