@@ -90,7 +90,9 @@ def test_per_entry_averaging_law():
 def test_heterofl_at_full_capacity_equals_fedavg(small_csv):
   het = _run(_sim(small_csv, algorithm="heterofl", capacities="1:1"), 2)
   fedavg = _run(_sim(small_csv, algorithm="fedavg", capacities="1:1"), 2)
-  chex.assert_trees_all_equal(het["params"], fedavg["params"])
+  # Equal up to float rounding: per-entry averaging divides by the covered
+  # weight inside the server step, where XLA fuses it its own way.
+  chex.assert_trees_all_close(het["params"], fedavg["params"], rtol=1e-6, atol=1e-8)
   chex.assert_trees_all_equal(het["users"], fedavg["users"])
 
 

@@ -203,7 +203,7 @@ def test_lift_view_scores_with_what_the_client_holds(small_csv):
   lifted = _sim(small_csv, **kw, **{"fair.view": "lift"})
   s0 = mean.init_state()
   plan = lifted.algorithm.levels[0]
-  held = subspace.rescale_map(plan.spec, 0.5)(plan.eval_down.collapse(s0["params"]))
+  held = subspace.rescale_map(plan.spec, 0.5)(subspace.subspace(plan.spec).collapse(s0["params"]))
   u, items = jnp.array([0, 3]), jnp.array([[1, 2, 5], [0, 7, 9]])
   emb = {n: {"embedding": e} for n, e in s0["users"].items()}
   want = plan.eval_model.apply({**held, **emb}, jnp.broadcast_to(u[:, None], items.shape), items)
