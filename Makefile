@@ -21,11 +21,13 @@ $(STAMP): setup.py Makefile
 
 setup: $(STAMP)
 
+# Two workers (pytest-xdist), one test file each at a time: module-scoped
+# fixtures are built once, and the 2 cores stay busy through compiles.
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 test-all: setup
-	$(PY) -m pytest -q -m "" tests
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "" tests
 
 demo: setup
 	$(PY) -m launch.train --config=configs/ml100k.py --workdir=$(WORKDIR)

@@ -21,7 +21,7 @@ setuptools.setup(
         "numba>=0.60,<0.70",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "nbclient>=0.10,<0.12", "nbformat>=5.10,<6",
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "nbclient>=0.10,<0.12", "nbformat>=5.10,<6",
                  "ipykernel>=6.29,<8"],
     },
 )

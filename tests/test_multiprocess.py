@@ -67,6 +67,8 @@ def _metrics(workdir):
     return [json.loads(l) for l in f]
 
 
+# Slow (two JAX processes and a coordinator): `make test-all` runs it.
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path, small_csv):
   base = ["--config=configs/ml100k.py", "--config.data.name=",
           f"--config.data.path={small_csv}", "--config.clients_per_round=7",

@@ -3,6 +3,7 @@ import os
 import time
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from conftest import JAX_CACHE
@@ -11,6 +12,8 @@ from conftest import REPO
 NOTEBOOK = os.path.join(REPO, "notebooks", "quickstart.ipynb")
 
 
+# Slow (a Jupyter kernel and a training run): `make test-all` runs it.
+@pytest.mark.slow
 def test_quickstart_notebook_executes(monkeypatch):
   # The kernel inherits this environment: CPU only, and the shared compile cache.
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")

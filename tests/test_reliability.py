@@ -75,6 +75,8 @@ def test_sigkill_mid_training_then_rerun_equals_uninterrupted_run(tmp_path, csv,
   assert _strip(_lines(workdir)) == _strip(reference)
 
 
+# Slow: the mid-training SIGKILL test above covers resuming in the default run.
+@pytest.mark.slow
 def test_sigkill_during_checkpoint_write_then_rerun_equals_uninterrupted_run(
     tmp_path, csv, reference):
   workdir = str(tmp_path / "run")
