@@ -1,6 +1,6 @@
 """Ranking metrics for both protocols, per-level reports and metrics.jsonl.
 
-Protocols (DESIGN.md, "Data and evaluation"):
+Protocols (docs/design.md, "Evaluation"):
   sampled: each test item ranked among 99 sampled unseen items; HR@10, NDCG@10.
   full:    all items ranked, the user's training items masked; NDCG@20,
            Recall@20.
