@@ -32,7 +32,7 @@ from fairjax import server as server_lib
 from fairjax import sharding
 from fairjax import validation
 from fairjax.centralized import make_optimizer
-from fairjax.sampling import POISONS, LevelBatch, apportion  # noqa: F401  (re-exported)
+from fairjax.sampling import apportion
 
 
 def server_optimizer(cfg):

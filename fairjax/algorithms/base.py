@@ -23,11 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fairjax import server as server_lib
-from fairjax import subspace
 from fairjax.errors import InputError
-
-Tree = dict
-
 
 class Context(NamedTuple):
   """What an algorithm is built from (one run's plan, before any data moves).
@@ -269,14 +265,12 @@ def item_seeds(spec) -> Mapping[str, int]:
   return {path[0]: s.seed for path, s in spec.items()}
 
 
-def subspace_level(ctx, c, name, trains, down, model, eval_model, table_paths, agg,
-                   **kw) -> Level:
+def subspace_level(c, name, trains, down, model, eval_model, table_paths, agg, **kw) -> Level:
   """A level whose clients hold `down.collapse(params)`, the same for all of them.
 
   Its updates are summed in the level's space and mapped back with
   `down.expand` (linear maps: column slices, plain tables).
   """
-  del ctx
   return Level(
       c, name, trains, model, eval_model, table_paths,
       broadcast=lambda params, seeds: down.collapse(params),
@@ -293,6 +287,3 @@ def ones_coverage(down):
     return down.expand(jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), held))
   return cover
 
-
-def spec_subspace(spec):
-  return subspace.subspace(spec)

@@ -34,7 +34,7 @@ def heterofl(ctx):
       levels.append(hashed.hashed_level(ctx, c, name, False, full, agg))
       continue
     levels.append(base.subspace_level(
-        ctx, c, name, True, down, ctx.build_model(1, cols=width),
+        c, name, True, down, ctx.build_model(1, cols=width),
         ctx.build_model(ctx.num_users, cols=width), tuple(ctx.shapes), agg,
         spec=full, user_cols=width))
   base.check_trains(levels, "heterofl", ctx.levels)
