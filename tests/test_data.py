@@ -141,6 +141,8 @@ def test_gzip(tmp_path):
     ("u.data", "196\t242\t3\t881250949\n", "tsv"),
     ("train.txt", "0 1 2\n1 3\n", "adjacency"),
     ("train.txt", "0 1\n1 3\n", "tsv"),
+    ("train.txt", "0 1 2 3 4\n1 3 5 7 9\n", "adjacency"),  # every user holds 4 items
+    ("u.data", "196 242 3 881250949\n186 302 3 891717742\n", "tsv"),
     ("pairs.txt", "a b\nc d e\n", "tsv"),
     ("x.data", "a,b\n", "csv"),
 ])
