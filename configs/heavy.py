@@ -44,6 +44,12 @@ items) and why, from the runs in RESULTS.md ("Heavy users"):
   its bucket (RESULTS.md, "FAIR on MovieLens-1M").
 * `eval.protocol` full, `eval.every` 10.
 
+What these settings give there (RESULTS.md, 3 seeds, NDCG@20 at round 40):
+fedavg 0.740 and FAIR 1x only 0.731, up from 0.563 with ML-1M's defaults,
+but not above popularity (0.754, which centralized NeuMF d=8 only ties on
+this set); FAIR 1x/2x 0.611 and 1x/256x 0.425 (from 0.551 and 0.235): the
+compressed halves stay far below it.
+
 What was tried and did not help (RESULTS.md): larger client SGD steps (the
 loss diverges at lr 8-16 with batch 1024), FedAdam lr 1e-2 / 1e-1, server
 eps (tau) 1e-4 / 1e-3, BPR, 1, 2 or 8 negatives, 10 local epochs, 32
