@@ -48,7 +48,9 @@ What these settings give there (RESULTS.md, 3 seeds, NDCG@20 at round 40):
 fedavg 0.740 and FAIR 1x only 0.731, up from 0.563 with ML-1M's defaults,
 but not above popularity (0.754, which centralized NeuMF d=8 only ties on
 this set); FAIR 1x/2x 0.611 and 1x/256x 0.425 (from 0.551 and 0.235): the
-compressed halves stay far below it.
+compressed halves stay far below it. `--config.client.num_negatives=1`
+gave FAIR 1x/2x 0.671 (its 2x half 0.526 -> 0.630) and fedavg 0.746,
+found after the table was run; try it with mixed levels.
 
 What was tried and did not help (RESULTS.md): larger client SGD steps (the
 loss diverges at lr 8-16 with batch 1024), FedAdam lr 1e-2 / 1e-1, server
