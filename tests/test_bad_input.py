@@ -144,6 +144,11 @@ CASES = {
     "missing_test_file": (lambda t: [f"--config.data.test_path={t / 'nope_test.txt'}"],
                           "nope_test.txt"),
     "unknown_format": (lambda t: ["--config.data.format=parquet"], "parquet"),
+    "unknown_dataset_name": (lambda t: ["--config.data.path=", "--config.data.name=ml-1m-heavier"],
+                             "ml-1m-heavier"),
+    "heavy_set_with_test_file": (lambda t: ["--config.data.path=", "--config.data.name=ml-1m-heavy",
+                                            f"--config.data.test_path={t / 'test.txt'}"],
+                                 "data.test_path"),
     "min_rating_keeps_nothing": (lambda t: ["--config.data.min_rating=10"], "min_rating"),
     "adjacency_has_no_ratings": (lambda t: _data(t, "adj.txt", "0 1 2 3\n1 2 3\n") + [
         "--config.data.min_rating=4"], "min_rating"),

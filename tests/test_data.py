@@ -141,6 +141,8 @@ def test_gzip(tmp_path):
     ("u.data", "196\t242\t3\t881250949\n", "tsv"),
     ("train.txt", "0 1 2\n1 3\n", "adjacency"),
     ("train.txt", "0 1\n1 3\n", "tsv"),
+    ("train.txt", "0 1 2 3 4\n1 3 5 7 9\n", "adjacency"),  # every user holds 4 items
+    ("u.data", "196 242 3 881250949\n186 302 3 891717742\n", "tsv"),
     ("pairs.txt", "a b\nc d e\n", "tsv"),
     ("x.data", "a,b\n", "csv"),
 ])
@@ -422,6 +424,8 @@ def test_load_user_files(tmp_path):
     (dict(path="x.csv", test_fraction=1.5), "test_fraction"),
     (dict(path="x.csv", min_rating=-1), "min_rating"),
     (dict(name="ml-100k", test_path="t.txt"), "test_path"),
+    (dict(name="ml-1m-heavy", test_path="t.txt"), "test_path"),
+    (dict(name="ml-1m-heavier"), "ml-1m-heavier.*ml-1m-heavy"),
     (dict(path="x.csv", format="xml"), "xml"),
 ])
 def test_load_rejects_bad_configs(tmp_path, overrides, match):
@@ -453,3 +457,65 @@ def test_movielens_100k():
   assert (ds.num_users, ds.num_items) == (943, 1682)
   assert len(ds.train_users) + len(ds.test_users) == 100_000
   assert len(ds.test_users) == 943
+
+
+# Heavy-user sets.
+
+
+def _heavy_raw(seed=0):
+  """12 users with 3..36 distinct items; u7 repeats one of its items."""
+  rng = np.random.default_rng(seed)
+  users, items = [], []
+  for u in range(12):
+    n = 3 * (u + 1) if u != 5 else 36  # u5 and u11 tie at 36
+    users += [f"u{u}"] * n
+    items += [f"i{i}" for i in rng.choice(60, n, replace=False)]
+  items += [items[users.index("u7")]] * 2  # a repeated pair counts once
+  users += ["u7"] * 2
+  return _raw(users, items)
+
+
+def test_heaviest_users_by_distinct_items_ties_by_id():
+  raw = _heavy_raw()
+  kept = data.heaviest_users(raw, 3)
+  assert set(kept.users.tolist()) == {"u11", "u5", "u10"}
+  # u5 and u11 tie at 36 items; the tie goes to the id that sorts first.
+  assert set(data.heaviest_users(raw, 1).users.tolist()) == {"u11"}
+  assert len(data.heaviest_users(raw, 100).users) == len(raw.users)
+  with pytest.raises(InputError, match="num_users"):
+    data.heaviest_users(raw, 0)
+
+
+def test_heavy_split_is_seeded_and_per_user():
+  spec = data.heavy.HeavySpec("synthetic", 4, 0.3)
+  ds = data.heavy_split(_heavy_raw(), spec, seed=1)
+  assert ds.num_users == 4
+  train, test = np.bincount(ds.train_users), np.bincount(ds.test_users)
+  np.testing.assert_array_equal(test, np.floor(0.3 * (train + test) + 0.5))
+  chex.assert_trees_all_equal(ds, data.heavy_split(_heavy_raw(), spec, seed=1))
+  other = data.heavy_split(_heavy_raw(), spec, seed=2)
+  assert _pairs(ds.test_users, ds.test_items) != _pairs(other.test_users, other.test_items)
+
+
+def test_heavy_split_min_rating_after_choosing_users():
+  raw = _heavy_raw()
+  ratings = np.where(np.arange(len(raw.users)) % 2, 5.0, 1.0).astype(np.float32)
+  rated = raw._replace(ratings=ratings)
+  spec = data.heavy.HeavySpec("synthetic", 3, 0.3)
+  ds = data.heavy_split(rated, spec, seed=0, min_rating=4)
+  # The same three users as without a threshold, holding only their 5s.
+  assert set(ds.user_ids.tolist()) == {"u11", "u5", "u10"}
+  kept = data.heaviest_users(rated, 3)
+  assert len(ds.train_users) + len(ds.test_users) == len(
+      _pairs(kept.users[kept.ratings >= 4], kept.items[kept.ratings >= 4]))
+
+
+def test_write_adjacency_reads_back_as_the_same_dataset(tmp_path):
+  ds = data.heavy_split(_heavy_raw(), data.heavy.HeavySpec("synthetic", 5, 0.3), seed=0)
+  train, test = data.write_adjacency(ds, str(tmp_path / "adj"))
+  first = open(train).readline().split()
+  assert first[0] == "0" and len(first) == 1 + (ds.train_users == 0).sum()
+  back = data.load(_config(path=train, test_path=test))
+  for field in ("num_users", "num_items", "train_users", "train_items", "test_users",
+                "test_items"):
+    chex.assert_trees_all_equal(getattr(back, field), getattr(ds, field))

@@ -11,6 +11,10 @@ import numbers
 
 from fairjax.data.clients import client_datasets
 from fairjax.data.clients import ClientData
+from fairjax.data.heavy import HEAVY
+from fairjax.data.heavy import heaviest_users
+from fairjax.data.heavy import heavy_split
+from fairjax.data.heavy import write_adjacency
 from fairjax.data.movielens import packaged_path
 from fairjax.data.negatives import eval_candidates
 from fairjax.data.negatives import sample_negatives
@@ -37,9 +41,11 @@ def load(data_config) -> Dataset:
 
   Args:
     data_config: a `ml_collections.ConfigDict` (or dict) with `name`
-      ("ml-100k", "ml-1m", or "" for a file of one's own), `path`, `format`
+      ("ml-100k", "ml-1m", a heavy-user set of `HEAVY` such as
+      "ml-1m-heavy", or "" for a file of one's own), `path`, `format`
       ("auto"), `test_path` ("": split `path` instead), `split` ("loo" or
-      "random"; ignored with `test_path`), `test_fraction` (0.2, for
+      "random"; ignored with `test_path` and by a heavy-user set, which
+      fixes its own split), `test_fraction` (0.2, for
       "random"), `min_rating` (0 keeps every interaction; otherwise those
       rated at least this are the positives) and `seed` (0). Missing fields
       take these defaults.
@@ -63,7 +69,8 @@ def load(data_config) -> Dataset:
     raise InputError(f"data.name={name!r} and data.path={path!r} are both "
                      "set; give one")
   if not name and not path:
-    raise InputError("no data: set data.name (ml-100k, ml-1m) or data.path")
+    raise InputError("no data: set data.name (ml-100k, ml-1m, "
+                     f"{', '.join(HEAVY)}) or data.path")
   if name and test_path:
     raise InputError(f"data.test_path is for data.path; data.name={name!r} "
                      "is split with data.split")
@@ -80,6 +87,13 @@ def load(data_config) -> Dataset:
                      f"{min_rating!r}")
   if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
     raise InputError(f"data.seed must be an integer, got {seed!r}")
+  if name in HEAVY:
+    spec = HEAVY[name]
+    raw = read_interactions(packaged_path(spec.source), "inter")
+    try:
+      return heavy_split(raw, spec, seed, min_rating)
+    except InputError as e:
+      raise InputError(f"data.name={name!r}: {e}") from None
   if name:
     path, fmt = packaged_path(name), "inter"
   if test_path and fmt == "auto":

