@@ -1,0 +1,272 @@
+"""LSH inference: retrieve candidates from the hash tables, score them exactly.
+
+Per example: every neuron in the example's probed buckets (its own bucket
+in each of the `L` tables, and with multi-probe the buckets at the nearest
+neighbouring codes) gets one vote per hit; the candidates are a fixed set
+of `frequent` neurons (highest output bias: the classes seen most in
+training), then the others by decreasing vote count, cut at `budget`. Only
+the candidates are scored, exactly (`w . h + b`), and the top-k of those
+scores is the answer. With `budget >= N` every neuron is a candidate and
+the answer is the dense one.
+
+Scoring the candidates of a batch of examples is a gather of `(B, budget)`
+weight rows and a dot product each; the kernels are numba loops over the
+host view of the weights (zero-copy from a CPU jax array), fused with the
+vote count so that the candidate lists are never materialised for the
+common case (see BENCHMARKS.md for what was measured).
+"""
+from typing import NamedTuple, Optional
+
+import numba
+import numpy as np
+
+from sparse.errors import InputError
+
+
+class InferenceConfig(NamedTuple):
+  """Knobs of LSH inference (`Model.predict(..., mode="lsh")`).
+
+  Attributes:
+    budget: candidates scored per example; None = calibrated at
+      `target_recall` (`calibrate_budget`).
+    target_recall: the fraction of examples whose dense top-1 must be
+      among their candidates when the budget is calibrated.
+    probes: extra buckets probed per table (multi-probe: the codes one
+      hash away from the example's own, the most likely flips first).
+    frequent: neurons always scored (the highest-bias ones).
+    max_budget: the largest budget calibration may choose; None =
+      `default_max_budget(N)`.
+  """
+  budget: Optional[int] = None
+  target_recall: float = 0.99
+  probes: int = 2
+  frequent: int = 32
+  max_budget: Optional[int] = None
+
+
+def default_max_budget(n: int) -> int:
+  """The largest calibrated budget: scoring it costs ~1/20 of dense."""
+  return int(min(n, max(256, n // 200)))
+
+
+def check_config(cfg: InferenceConfig, n: int) -> InferenceConfig:
+  """Validates `cfg` against a layer of `n` neurons (InputError if bad)."""
+  if cfg.budget is not None and cfg.budget < 1:
+    raise InputError(f"budget: must be >= 1, got {cfg.budget}")
+  if not 0.0 < cfg.target_recall <= 1.0:
+    raise InputError(f"target_recall: must be in (0, 1], got "
+                     f"{cfg.target_recall}")
+  if cfg.probes < 0 or cfg.frequent < 0:
+    raise InputError("probes, frequent: must be >= 0")
+  if cfg.max_budget is not None and cfg.max_budget < 1:
+    raise InputError(f"max_budget: must be >= 1, got {cfg.max_budget}")
+  return cfg
+
+
+@numba.njit(inline="always")
+def _collect(buckets, offered, qcodes, b, frequent, budget, counts, touched, order,
+             hist):
+  """Fills `order[:m]` with example b's candidates, best first; returns m.
+
+  `counts` must be zero on entry and is zero again on exit.
+  """
+  n_tables, n_probe = qcodes.shape[1], qcodes.shape[2]
+  reservoir = buckets.shape[2]
+  n_freq = frequent.shape[0]
+  # Frequent neurons are marked with a huge count so they sort first and
+  # are never counted twice.
+  big = np.int32(1 << 30)
+  m = 0
+  for i in range(n_freq):
+    j = frequent[i]
+    counts[j] = big
+  t = 0
+  max_count = 0
+  for l in range(n_tables):
+    for p in range(n_probe):
+      c = qcodes[b, l, p]
+      # Slots past the number ever offered are empty.
+      for r in range(min(offered[l, c], reservoir)):
+        j = buckets[l, c, r]
+        if j < 0:
+          continue
+        cj = counts[j]
+        if cj == big:
+          continue
+        if cj == 0:
+          touched[t] = j
+          t += 1
+        cj += 1
+        counts[j] = cj
+        if cj > max_count:
+          max_count = cj
+  for i in range(min(n_freq, budget)):
+    order[m] = frequent[i]
+    m += 1
+  # Counting sort of the touched neurons by decreasing count, stable in
+  # the order they were first hit (table 0 first).
+  keep = min(budget - m, t)
+  if keep > 0:
+    hist[:max_count + 2] = 0
+    for i in range(t):
+      hist[max_count - counts[touched[i]]] += 1
+    run = 0
+    for v in range(max_count + 1):
+      size = hist[v]
+      hist[v] = run
+      run += size
+    for i in range(t):
+      j = touched[i]
+      pos = hist[max_count - counts[j]]
+      hist[max_count - counts[j]] = pos + 1
+      if pos < keep:
+        order[m + pos] = j
+    m += keep
+  for i in range(t):
+    counts[touched[i]] = 0
+  for i in range(n_freq):
+    counts[frequent[i]] = 0
+  return m
+
+
+@numba.njit(parallel=True, cache=True)
+def _candidates(buckets, offered, qcodes, frequent, budget, n):
+  batch = qcodes.shape[0]
+  max_touched = qcodes.shape[1] * qcodes.shape[2] * buckets.shape[2]
+  out = np.full((batch, budget), -1, np.int32)
+  n_chunks = max(min(batch, numba.get_num_threads()), 1)
+  per = -(-batch // n_chunks)
+  for ch in numba.prange(n_chunks):
+    counts = np.zeros(n, np.int32)
+    touched = np.empty(max_touched, np.int32)
+    order = np.empty(max(budget, 1), np.int32)
+    hist = np.empty(max_touched + 2, np.int64)
+    for b in range(ch * per, min(batch, (ch + 1) * per)):
+      m = _collect(buckets, offered, qcodes, b, frequent, budget, counts, touched,
+                   order, hist)
+      out[b, :m] = order[:m]
+  return out
+
+
+@numba.njit(parallel=True, cache=True, fastmath=True)
+def _retrieve_topk(buckets, offered, qcodes, frequent, budget, w, bias, h, top_k):
+  batch = qcodes.shape[0]
+  n, dim = w.shape
+  max_touched = qcodes.shape[1] * qcodes.shape[2] * buckets.shape[2]
+  top = np.full((batch, top_k), -1, np.int32)
+  n_chunks = max(min(batch, numba.get_num_threads()), 1)
+  per = -(-batch // n_chunks)
+  for ch in numba.prange(n_chunks):
+    counts = np.zeros(n, np.int32)
+    touched = np.empty(max_touched, np.int32)
+    order = np.empty(max(budget, 1), np.int32)
+    hist = np.empty(max_touched + 2, np.int64)
+    best = np.empty(top_k, np.float32)
+    for b in range(ch * per, min(batch, (ch + 1) * per)):
+      m = _collect(buckets, offered, qcodes, b, frequent, budget, counts, touched,
+                   order, hist)
+      best[:] = -np.inf
+      hb = h[b]
+      for i in range(m):
+        j = order[i]
+        s = np.float32(0.0)
+        wj = w[j]
+        for d in range(dim):
+          s += wj[d] * hb[d]
+        s += bias[j]
+        if s > best[top_k - 1] or top[b, top_k - 1] < 0:
+          # Insertion into the sorted top-k (ties keep the earlier one).
+          q = top_k - 1
+          while q > 0 and (s > best[q - 1] or top[b, q - 1] < 0):
+            best[q] = best[q - 1]
+            top[b, q] = top[b, q - 1]
+            q -= 1
+          best[q] = s
+          top[b, q] = j
+  return top
+
+
+def frequent_neurons(bias: np.ndarray, count: int) -> np.ndarray:
+  """The `count` neurons of highest bias, highest first, int32."""
+  count = int(min(count, len(bias)))
+  if count == 0:
+    return np.zeros(0, np.int32)
+  idx = np.argpartition(-bias, count - 1)[:count]
+  return idx[np.argsort(-bias[idx], kind="stable")].astype(np.int32)
+
+
+def candidates(tables, qcodes: np.ndarray, frequent: np.ndarray,
+               budget: int) -> np.ndarray:
+  """Candidate neurons per example, best first.
+
+  Args:
+    tables: the layer's `tables.Tables`.
+    qcodes: `(B, L, P)` (or `(B, L)`) probed bucket of each example in
+      each table, its own bucket first.
+    frequent: `(F,)` int32 neurons always included, first.
+    budget: candidates per example.
+
+  Returns:
+    `(B, budget)` int32 neuron ids, -1 where fewer were retrieved.
+  """
+  return _candidates(tables.buckets, tables.offered, _codes(qcodes),
+                     np.asarray(frequent, np.int32), int(budget),
+                     tables.codes.shape[0])
+
+
+def retrieve_topk(tables, qcodes: np.ndarray, frequent: np.ndarray,
+                  budget: int, w: np.ndarray, bias: np.ndarray,
+                  h: np.ndarray, top_k: int) -> np.ndarray:
+  """Top-k of the exact scores `w[j] . h + bias[j]` over the candidates.
+
+  Args: as `candidates`, and `w` `(N, D)` float32 weights, `bias` `(N,)`,
+    `h` `(B, D)` the inputs of the layer, `top_k` answers per example.
+
+  Returns:
+    `(B, top_k)` int32 neuron ids, best first; -1 where fewer than `top_k`
+    candidates were retrieved.
+  """
+  return _retrieve_topk(tables.buckets, tables.offered, _codes(qcodes),
+                        np.asarray(frequent, np.int32), int(budget),
+                        _f32(w), _f32(bias), _f32(h), int(top_k))
+
+
+def _codes(qcodes):
+  q = np.ascontiguousarray(qcodes, np.int32)
+  return q[..., None] if q.ndim == 2 else q
+
+
+def _f32(a):
+  a = np.asarray(a)
+  return a if a.dtype == np.float32 and a.flags.c_contiguous else \
+      np.ascontiguousarray(a, np.float32)
+
+
+def recall_at(cands: np.ndarray, target: np.ndarray) -> float:
+  """Fraction of examples whose `target` (B,) is among `cands` (B, K)."""
+  if len(target) == 0:
+    return float("nan")
+  return float((cands == target[:, None]).any(-1).mean())
+
+
+def calibrate_budget(cands: np.ndarray, target: np.ndarray,
+                     target_recall: float) -> int:
+  """The smallest budget whose recall of `target` reaches `target_recall`.
+
+  Args:
+    cands: `(B, K)` candidates, best first (from `candidates` at the
+      largest budget allowed).
+    target: `(B,)` each example's dense top-1.
+    target_recall: in (0, 1].
+
+  Returns:
+    A budget in [1, K]; K when even all K candidates fall short.
+  """
+  k = cands.shape[1]
+  hit = cands == target[:, None]
+  found = hit.any(-1)
+  rank = np.where(found, hit.argmax(-1) + 1, k + 1)
+  need = int(np.ceil(target_recall * len(rank)))
+  if need == 0:
+    return 1
+  return int(min(np.sort(rank)[need - 1], k))
