@@ -266,7 +266,7 @@ def _probe_flips(margin, alt, own, bits, probes):
   base = _combine(own, bits)
   if probes == 0:
     return base[..., None]
-  order = jnp.argsort(margin, axis=-1)[..., :probes]        # (..., L, P)
+  order = jax.lax.top_k(-margin, probes)[1]                 # (..., L, P)
   shifts = bits * order
   old = jnp.take_along_axis(own, order, -1).astype(jnp.int32)
   new = jnp.take_along_axis(alt, order, -1).astype(jnp.int32)

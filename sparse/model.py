@@ -296,12 +296,12 @@ class Model:
   # ------------------------------------------------------------ inference
   def _index_ready(self, cfg: retrieval.InferenceConfig):
     """The LSH inference index over the current output weights."""
-    if self._index is None:
+    n = self.specs[-1].units
+    want = autotune.tune_index(n, cfg.bucket_size, cfg.num_tables)
+    if self._index is None or self._index.tuning != want:
       self.flush()
       w = np.asarray(self.state["params"]["out"]["w"])
-      n = w.shape[0]
-      self._index = LayerLSH("srp", w.shape[1], autotune.tune_index(n),
-                             self.seed + 11)
+      self._index = LayerLSH("srp", w.shape[1], want, self.seed + 11)
       # Scores differ from `w . h` by `mean(w) . h`, the same for every
       # neuron: hashing centred rows ranks neurons as the scores do, and
       # spreads them over the buckets.

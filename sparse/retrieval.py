@@ -36,17 +36,23 @@ class InferenceConfig(NamedTuple):
     frequent: neurons always scored (the highest-bias ones).
     max_budget: the largest budget calibration may choose; None =
       `default_max_budget(N)`.
+    num_tables: tables of the index (SimHash of the centred output rows).
+    bucket_size: mean neurons per bucket; sets the bits per table
+      (`autotune.tune_index`).
   """
   budget: Optional[int] = None
-  target_recall: float = 0.99
-  probes: int = 2
+  target_recall: float = 0.9
+  probes: int = 8
   frequent: int = 32
   max_budget: Optional[int] = None
+  num_tables: int = 200
+  bucket_size: int = 16
 
 
 def default_max_budget(n: int) -> int:
-  """The largest calibrated budget: scoring it costs ~1/20 of dense."""
-  return int(min(n, max(256, n // 200)))
+  """The largest calibrated budget: 1024 (scoring costs per candidate,
+  whatever N; at 1024 of 100k neurons it no longer beats dense scoring)."""
+  return int(min(n, 1024))
 
 
 def check_config(cfg: InferenceConfig, n: int) -> InferenceConfig:
@@ -58,6 +64,11 @@ def check_config(cfg: InferenceConfig, n: int) -> InferenceConfig:
                      f"{cfg.target_recall}")
   if cfg.probes < 0 or cfg.frequent < 0:
     raise InputError("probes, frequent: must be >= 0")
+  if cfg.num_tables < 1 or cfg.bucket_size < 1:
+    raise InputError("num_tables, bucket_size: must be >= 1")
+  if cfg.num_tables * (cfg.probes + 1) >= 1 << 15:
+    raise InputError("num_tables * (probes + 1): must be below 32768 (the "
+                     "votes are counted in 16 bits)")
   if cfg.max_budget is not None and cfg.max_budget < 1:
     raise InputError(f"max_budget: must be >= 1, got {cfg.max_budget}")
   return cfg
@@ -75,7 +86,7 @@ def _collect(buckets, offered, qcodes, b, frequent, budget, counts, touched, ord
   n_freq = frequent.shape[0]
   # Frequent neurons are marked with a huge count so they sort first and
   # are never counted twice.
-  big = np.int32(1 << 30)
+  big = np.uint16(65535)
   m = 0
   for i in range(n_freq):
     j = frequent[i]
@@ -137,7 +148,7 @@ def _candidates(buckets, offered, qcodes, frequent, budget, n):
   n_chunks = max(min(batch, numba.get_num_threads()), 1)
   per = -(-batch // n_chunks)
   for ch in numba.prange(n_chunks):
-    counts = np.zeros(n, np.int32)
+    counts = np.zeros(n, np.uint16)
     touched = np.empty(max_touched, np.int32)
     order = np.empty(max(budget, 1), np.int32)
     hist = np.empty(max_touched + 2, np.int64)
@@ -157,7 +168,7 @@ def _retrieve_topk(buckets, offered, qcodes, frequent, budget, w, bias, h, top_k
   n_chunks = max(min(batch, numba.get_num_threads()), 1)
   per = -(-batch // n_chunks)
   for ch in numba.prange(n_chunks):
-    counts = np.zeros(n, np.int32)
+    counts = np.zeros(n, np.uint16)
     touched = np.empty(max_touched, np.int32)
     order = np.empty(max(budget, 1), np.int32)
     hist = np.empty(max_touched + 2, np.int64)
