@@ -110,7 +110,7 @@ def _inference_figures(m, data, repeats, test_n=None):
   cal = m.calibrate(data.x_train.take(np.arange(512)))
   res["index_seconds"] = time.perf_counter() - t0
   res["budget"], res["calibration_recall"] = cal["budget"], cal["recall"]
-  res["index_tuning"] = m._index.tuning  # pylint: disable=protected-access
+  res["index_tuning"] = m._index.lsh.tuning  # pylint: disable=protected-access
   x = data.x_test.take(np.arange(BATCH))
   for mode in ("dense", "lsh"):
     m.predict(x, 1, mode=mode)   # compiles
@@ -127,25 +127,11 @@ def _inference_figures(m, data, repeats, test_n=None):
   xt, yt = data.x_test.take(np.arange(n_test)), data.y_test[:n_test]
   dense_top = m.predict(xt, 1, mode="dense")[:, 0]
   lsh_top = m.predict(xt, 1, mode="lsh")[:, 0]
-  res["recall"] = _candidate_recall(m, xt, dense_top)
+  res["recall"] = m.lsh_recall(xt)
   res["dense_p@1"] = float((dense_top == yt).mean())
   res["lsh_p@1"] = float((lsh_top == yt).mean())
   res["agree"] = float((dense_top == lsh_top).mean())
   return res
-
-
-def _candidate_recall(m, x, dense_top):
-  """Fraction of examples whose dense top-1 is among their candidates."""
-  cfg = m.inference
-  budget = m.lsh_budget()
-  hits = []
-  for ib, idx in m._batches(x, BATCH):  # pylint: disable=protected-access
-    h = m._last_hidden(ib)  # pylint: disable=protected-access
-    index = m._index_ready(cfg)  # pylint: disable=protected-access
-    c = retrieval.candidates(index.tables, index.probe(h, cfg.probes),
-                             m._frequent, budget)[:len(idx)]  # pylint: disable=protected-access
-    hits.append((c == dense_top[idx][:, None]).any(-1))
-  return float(np.concatenate(hits).mean())
 
 
 def _p_at_1(n, n_train, epochs):

@@ -49,3 +49,24 @@ class LayerLSH:
   def probe(self, x, probes: int) -> np.ndarray:
     """Own and `probes` neighbouring buckets per table, `(B, L, 1+P)`."""
     return np.asarray(_probe(self.params, x, int(probes)))
+
+  def active_mask(self, x, units: int, rng: np.random.Generator
+                  ) -> np.ndarray:
+    """BOLT's per-example active sets of a sampled hidden layer as a mask.
+
+    Args:
+      x: `(B, dim)` inputs of the layer.
+      units: neurons of the layer.
+      rng: generator of the top-up offsets.
+
+    Returns:
+      `(B, units)` float32, 1 on the `active_size` neurons of each row.
+    """
+    codes = self.query(x)
+    act = tables_lib.per_example(self.tables, codes,
+                                 np.zeros((len(codes), 0), np.int32),
+                                 self.tuning.active_size,
+                                 np.arange(units, dtype=np.int32), rng)
+    mask = np.zeros((len(codes), units), np.float32)
+    np.put_along_axis(mask, act, 1.0, axis=1)
+    return mask

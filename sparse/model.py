@@ -16,7 +16,6 @@ candidates an LSH index retrieves (`mode="lsh"`, `sparse.retrieval`).
 """
 import dataclasses
 import json
-import math
 import time
 from typing import Callable, List, Optional
 
@@ -30,9 +29,9 @@ from sparse import data as data_lib
 from sparse import layers
 from sparse import network
 from sparse import retrieval
-from sparse import tables as tables_lib
 from sparse.errors import InputError
 from sparse.layer_lsh import LayerLSH
+from sparse.lsh_inference import OutputIndex
 from sparse.specs import Dense, Output, tuning
 
 __all__ = ["Dense", "Output", "Model", "sampling_offsets"]
@@ -69,7 +68,8 @@ class Model:
     self.active = active_lib.for_output(out, self.out_tuning)
     self.dense_output = not self.active.sampled
     self._catch_up = bool(out.adam_catch_up) and self.active.sampled
-    self.state = self._init_state(jax.random.key(seed))
+    self.state = network.init_state(self.specs, self.input_dim,
+                                    jax.random.key(seed), self._catch_up)
     self._hidden_lsh = {}
     for i, s in enumerate(self.specs[1:-1], start=1):
       if s.sparsity < 1.0:
@@ -83,36 +83,10 @@ class Model:
         out.units).astype(np.int32)
     self._rng = np.random.default_rng(seed + 1)
     self.inference = retrieval.InferenceConfig()
-    self._index = None         # LSH inference index, built on first use
-    self._budget = None        # its calibrated candidate budget
+    self._index = OutputIndex(seed + 11)   # built on first LSH use
     self._compile()
     self._tables_ready = False
     self._pending = False   # output rows owe a catch-up (see `flush`)
-
-  # ---------------------------------------------------------------- state
-  def _init_state(self, key):
-    keys = jax.random.split(key, len(self.specs))
-    dims = [self.input_dim] + [s.units for s in self.specs]
-    params = {}
-    w0 = jax.random.normal(keys[0], (self.input_dim, dims[1])) * math.sqrt(
-        1.0 / 32)
-    params["in"] = {"w": w0, "b": jnp.zeros(dims[1])}
-    params["hidden"] = []
-    for i in range(1, len(self.specs) - 1):
-      std = math.sqrt(2.0 / dims[i])
-      params["hidden"].append({
-          "w": jax.random.normal(keys[i], (dims[i + 1], dims[i])) * std,
-          "b": jnp.zeros(dims[i + 1])})
-    n, d = self.specs[-1].units, dims[-2]
-    params["out"] = {"w": jax.random.normal(keys[-1], (n, d)) *
-                          math.sqrt(1.0 / d), "b": jnp.zeros(n)}
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    state = {"params": params, "m": zeros,
-             "v": jax.tree.map(jnp.zeros_like, params),
-             "count": jnp.zeros((), jnp.int32)}
-    if self._catch_up:
-      state["last"] = jnp.zeros((n,), jnp.int32)
-    return state
 
   def _compile(self):
     specs = self.specs
@@ -137,8 +111,7 @@ class Model:
       self._pending = False
 
   def _params_changed(self):
-    self._index = None
-    self._budget = None
+    self._index.invalidate()
 
   def _prepare_tables(self):
     params = self.state["params"]
@@ -156,14 +129,7 @@ class Model:
       # The input of layer i is the output of layer i-1.
       sub = dict(params, hidden=params["hidden"][:i - 1])
       x = self._forward(sub, ib.rows, ib.inv, ib.vals, dict(masks))
-      codes = l.query(x)
-      act = tables_lib.per_example(l.tables, codes,
-                                   np.zeros((len(codes), 0), np.int32),
-                                   l.tuning.active_size,
-                                   np.arange(self.specs[i].units,
-                                             dtype=np.int32), self._rng)
-      mask = np.zeros((len(codes), self.specs[i].units), np.float32)
-      np.put_along_axis(mask, act, 1.0, axis=1)
+      mask = l.active_mask(x, self.specs[i].units, self._rng)
       masks[i] = jnp.asarray(mask)
     return masks
 
@@ -294,37 +260,29 @@ class Model:
     return history
 
   # ------------------------------------------------------------ inference
-  def _index_ready(self, cfg: retrieval.InferenceConfig):
-    """The LSH inference index over the current output weights."""
-    n = self.specs[-1].units
-    want = autotune.tune_index(n, cfg.bucket_size, cfg.num_tables)
-    if self._index is None or self._index.tuning != want:
-      self.flush()
-      w = np.asarray(self.state["params"]["out"]["w"])
-      self._index = LayerLSH("srp", w.shape[1], want, self.seed + 11)
-      # Scores differ from `w . h` by `mean(w) . h`, the same for every
-      # neuron: hashing centred rows ranks neurons as the scores do, and
-      # spreads them over the buckets.
-      self._index.rehash(w - w.mean(0))
-      bias = np.asarray(self.state["params"]["out"]["b"])
-      self._frequent = retrieval.frequent_neurons(bias, cfg.frequent)
-    if len(self._frequent) != min(cfg.frequent, self.specs[-1].units):
-      bias = np.asarray(self.state["params"]["out"]["b"])
-      self._frequent = retrieval.frequent_neurons(bias, cfg.frequent)
-    return self._index
+  def _out_weights(self):
+    """Host views (no copy) of the output weights and bias."""
+    self.flush()
+    out = self.state["params"]["out"]
+    return np.asarray(out["w"]), np.asarray(out["b"])
 
-  def _lsh_batch(self, h, top_k, budget, cfg):
-    index = self._index_ready(cfg)
-    params = self.state["params"]
-    codes = index.probe(h, cfg.probes)
-    return retrieval.retrieve_topk(index.tables, codes, self._frequent,
-                                   budget, np.asarray(params["out"]["w"]),
-                                   np.asarray(params["out"]["b"]),
-                                   np.asarray(h), top_k)
+  def _inference_config(self, inference) -> retrieval.InferenceConfig:
+    cfg = self.inference if inference is None else inference
+    if isinstance(cfg, dict):
+      cfg = retrieval.InferenceConfig(**cfg)
+    return retrieval.check_config(cfg)
+
+  def _candidates_and_dense(self, x, cfg, budget, batch_size):
+    """Per batch: LSH candidates `(b, budget)` and the dense top-1 `(b,)`."""
+    w, b = self._out_weights()
+    for ib, idx in self._batches(x, batch_size):
+      h = self._last_hidden(ib)
+      dense = np.asarray(self._dense_topk(self.state["params"], h, 1))[:, 0]
+      cands = self._index.candidates(h, w, b, cfg, budget)
+      yield cands[:len(idx)], dense[:len(idx)]
 
   def calibrate(self, x, target_recall: Optional[float] = None,
-                inference: Optional[retrieval.InferenceConfig] = None,
-                batch_size: int = 256) -> dict:
+                inference=None, batch_size: int = 256) -> dict:
     """Sets the LSH candidate budget from examples `x` (no labels needed).
 
     The budget is the smallest (at most `max_budget`) for which the dense
@@ -335,46 +293,42 @@ class Model:
     """
     cfg = self._inference_config(inference)
     if target_recall is not None:
-      cfg = retrieval.check_config(
-          cfg._replace(target_recall=float(target_recall)),
-          self.specs[-1].units)
+      cfg = self._inference_config(
+          cfg._replace(target_recall=float(target_recall)))
     x = data_lib.as_inputs(x, self.input_dim)
     n = self.specs[-1].units
-    cap = cfg.max_budget or retrieval.default_max_budget(n)
-    cands, dense = [], []
-    for ib, _ in self._batches(x, batch_size):
-      h = self._last_hidden(ib)
-      index = self._index_ready(cfg)
-      dense.append(np.asarray(self._dense_topk(self.state["params"], h,
-                                               1))[:, 0])
-      cands.append(retrieval.candidates(index.tables,
-                                        index.probe(h, cfg.probes),
-                                        self._frequent, min(cap, n)))
-    cands, dense = np.concatenate(cands), np.concatenate(dense)
+    cap = min(cfg.max_budget or retrieval.default_max_budget(n), n)
+    pairs = list(self._candidates_and_dense(x, cfg, cap, batch_size))
+    cands = np.concatenate([c for c, _ in pairs])
+    dense = np.concatenate([d for _, d in pairs])
     budget = retrieval.calibrate_budget(cands, dense, cfg.target_recall)
-    self._budget = budget
+    self._index.budget = budget
     return {"budget": budget,
             "recall": retrieval.recall_at(cands[:, :budget], dense)}
-
-  def _inference_config(self, inference) -> retrieval.InferenceConfig:
-    cfg = self.inference if inference is None else inference
-    if isinstance(cfg, dict):
-      cfg = retrieval.InferenceConfig(**cfg)
-    return retrieval.check_config(cfg, self.specs[-1].units)
 
   def lsh_budget(self, x=None, inference=None) -> int:
     """The candidate budget LSH inference uses (calibrating on `x` first
     when the config leaves it to calibration and none was done)."""
     cfg = self._inference_config(inference)
     if cfg.budget is not None:
-      return int(cfg.budget)
-    if self._budget is None:
+      return int(min(cfg.budget, self.specs[-1].units))
+    if self._index.budget is None:
       if x is None:
         raise InputError("lsh: no budget given and no examples to "
                          "calibrate it on")
       self.calibrate(x.take(np.arange(min(len(x), _CALIBRATION_EXAMPLES))),
                      inference=cfg)
-    return self._budget
+    return self._index.budget
+
+  def lsh_recall(self, x, inference=None, batch_size: int = 256) -> float:
+    """Fraction of `x` whose dense top-1 is among its LSH candidates."""
+    x = data_lib.as_inputs(x, self.input_dim)
+    cfg = self._inference_config(inference)
+    budget = self.lsh_budget(x, cfg)
+    hits = [(c == d[:, None]).any(-1)
+            for c, d in self._candidates_and_dense(x, cfg, budget,
+                                                   batch_size)]
+    return float(np.concatenate(hits).mean()) if hits else float("nan")
 
   def _batches(self, x, batch_size):
     for start in range(0, len(x), batch_size):
@@ -408,14 +362,15 @@ class Model:
       raise InputError(f"top_k: must be in [1, {n}]")
     if mode == "lsh":
       cfg = self._inference_config(inference)
-      budget = max(min(self.lsh_budget(x, cfg), n), top_k)
+      budget = max(self.lsh_budget(x, cfg), top_k)
+      w, b = self._out_weights()
     out = []
     for ib, idx in self._batches(x, batch_size):
       h = self._last_hidden(ib)
       if mode == "dense":
         top = np.asarray(self._dense_topk(self.state["params"], h, top_k))
       else:
-        top = self._lsh_batch(h, top_k, budget, cfg)
+        top = self._index.topk(h, w, b, cfg, budget, top_k)
       out.append(top[:len(idx)])
     return (np.concatenate(out) if out
             else np.zeros((0, top_k), np.int32)).astype(np.int32)
@@ -440,10 +395,7 @@ class Model:
   def save(self, path: str):
     """Writes the architecture and parameters to one `.npz` file."""
     self.flush()
-    flat = {}
-    for keypath, leaf in jax.tree_util.tree_leaves_with_path(
-        self.state["params"]):
-      flat[jax.tree_util.keystr(keypath)] = np.asarray(leaf)
+    flat = network.flat_params(self.state["params"])
     with open(path, "wb") as f:
       np.savez(f, __config__=np.array(json.dumps(self.config())), **flat)
 
@@ -461,10 +413,7 @@ class Model:
       kind = d.pop("kind")
       specs.append(Dense(**d) if kind == "Dense" else Output(**d))
     model = cls(specs, cfg["input_dim"], cfg["learning_rate"], cfg["seed"])
-    params = model.state["params"]
-    leaves = jax.tree_util.tree_leaves_with_path(params)
-    new = [jnp.asarray(arrays[jax.tree_util.keystr(p)]) for p, _ in leaves]
-    model.state["params"] = jax.tree_util.tree_unflatten(
-        jax.tree_util.tree_structure(params), new)
+    model.state["params"] = network.restore_params(model.state["params"],
+                                                   arrays)
     model._params_changed()  # pylint: disable=protected-access
     return model

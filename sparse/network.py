@@ -5,13 +5,44 @@ calls it on the gathered input rows (to differentiate with respect to
 them), inference on the rows gathered from the full table. The output
 layer is the model's `ActiveSet` (see `sparse.active_set`).
 """
+import math
 from typing import Dict, List
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sparse import active_set as active_lib
 from sparse import layers
+
+
+def init_state(specs: List, input_dim: int, key, catch_up: bool) -> dict:
+  """Parameters, Adam moments and step count (and `last`, with catch-up).
+
+  Returns:
+    `{"params", "m", "v", "count"[, "last"]}`; params are
+    `{"in": {"w", "b"}, "hidden": [{"w", "b"}, ...], "out": {"w", "b"}}`.
+  """
+  keys = jax.random.split(key, len(specs))
+  dims = [input_dim] + [s.units for s in specs]
+  params = {"in": {"w": jax.random.normal(keys[0], (input_dim, dims[1]))
+                         * math.sqrt(1.0 / 32),
+                   "b": jnp.zeros(dims[1])},
+            "hidden": []}
+  for i in range(1, len(specs) - 1):
+    params["hidden"].append({
+        "w": jax.random.normal(keys[i], (dims[i + 1], dims[i]))
+             * math.sqrt(2.0 / dims[i]),
+        "b": jnp.zeros(dims[i + 1])})
+  n, d = specs[-1].units, dims[-2]
+  params["out"] = {"w": jax.random.normal(keys[-1], (n, d)) *
+                        math.sqrt(1.0 / d), "b": jnp.zeros(n)}
+  state = {"params": params, "m": jax.tree.map(jnp.zeros_like, params),
+           "v": jax.tree.map(jnp.zeros_like, params),
+           "count": jnp.zeros((), jnp.int32)}
+  if catch_up:
+    state["last"] = jnp.zeros((n,), jnp.int32)
+  return state
 
 
 def forward(specs: List, in_rows, in_b, hidden: List[Dict], inv, vals,
@@ -118,3 +149,17 @@ def make_flush(cfg: layers.AdamConfig):
                 last=jnp.full_like(last, count))
 
   return flush
+
+
+def flat_params(params) -> Dict[str, np.ndarray]:
+  """`{key path: array}` of a params tree (for `.npz` files)."""
+  return {jax.tree_util.keystr(k): np.asarray(leaf)
+          for k, leaf in jax.tree_util.tree_leaves_with_path(params)}
+
+
+def restore_params(template, arrays: Dict[str, np.ndarray]):
+  """The tree of `template` with its leaves read from `flat_params` output."""
+  leaves = jax.tree_util.tree_leaves_with_path(template)
+  new = [jnp.asarray(arrays[jax.tree_util.keystr(k)]) for k, _ in leaves]
+  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template),
+                                      new)

@@ -55,8 +55,8 @@ def default_max_budget(n: int) -> int:
   return int(min(n, 1024))
 
 
-def check_config(cfg: InferenceConfig, n: int) -> InferenceConfig:
-  """Validates `cfg` against a layer of `n` neurons (InputError if bad)."""
+def check_config(cfg: InferenceConfig) -> InferenceConfig:
+  """Returns `cfg` if its values are valid, else raises InputError."""
   if cfg.budget is not None and cfg.budget < 1:
     raise InputError(f"budget: must be >= 1, got {cfg.budget}")
   if not 0.0 < cfg.target_recall <= 1.0:

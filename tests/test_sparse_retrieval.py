@@ -38,15 +38,16 @@ def test_budget_of_all_neurons_equals_dense_inference(trained):
 
 def test_recall_grows_with_budget(trained):
   m, d = trained
-  cfg = retrieval.InferenceConfig(probes=2, num_tables=16, bucket_size=8)
+  cfg = retrieval.InferenceConfig(probes=2, num_tables=16, bucket_size=8,
+                                  frequent=4)
   x = d.x_test
   h = np.concatenate([np.asarray(m._last_hidden(ib))   # pylint: disable=protected-access
                       for ib, _ in m._batches(x, 128)])  # pylint: disable=protected-access
-  index = m._index_ready(cfg)  # pylint: disable=protected-access
+  w, b = m._out_weights()  # pylint: disable=protected-access
+  index = m._index.ready(w, b, cfg)  # pylint: disable=protected-access
   top1 = m.predict(x, top_k=1)[:, 0]
   codes = index.probe(jnp.asarray(h), cfg.probes)
-  freq = retrieval.frequent_neurons(np.asarray(m.state["params"]["out"]["b"]),
-                                    4)
+  freq = retrieval.frequent_neurons(b, 4)
   recalls = []
   full = retrieval.candidates(index.tables, codes, freq, 300)
   for budget in (4, 16, 64, 300):
@@ -56,6 +57,9 @@ def test_recall_grows_with_budget(trained):
     recalls.append(retrieval.recall_at(c, top1))
   assert all(a <= b for a, b in zip(recalls, recalls[1:])), recalls
   assert recalls[0] < recalls[-1]
+  m.inference = cfg._replace(budget=64)
+  assert m.lsh_recall(x) == pytest.approx(recalls[2])
+  m.inference = retrieval.InferenceConfig()
   # Calibration picks the smallest budget that reaches the target.
   b = retrieval.calibrate_budget(full, top1, recalls[2])
   assert b <= 64 and retrieval.recall_at(full[:, :b], top1) >= recalls[2]
@@ -109,3 +113,19 @@ def test_bad_inference_input_raises(trained):
               inference=retrieval.InferenceConfig(budget=0))
   with pytest.raises(InputError):
     m.predict(d.x_test, mode="lsh", inference={"target_recall": 1.5})
+
+
+def test_experiment_reports_lsh_inference(tmp_path):
+  from configs import xc  # pylint: disable=g-import-not-at-top
+  from sparse import experiment  # pylint: disable=g-import-not-at-top
+  cfg = xc.get_config("n=400,n_train=512")
+  cfg.data.n_test, cfg.data.input_dim = 128, 3000
+  cfg.epochs, cfg.batch_size, cfg.model.hidden = 1, 128, "16"
+  cfg.eval.lsh, cfg.eval.lsh_tables, cfg.eval.lsh_probes = True, 16, 2
+  rec = experiment.run(cfg, str(tmp_path))[-1]
+  assert {"p@1", "p@1_lsh", "lsh_recall", "lsh_budget",
+          "lsh_inference_seconds"} <= set(rec)
+  assert 0.0 <= rec["lsh_recall"] <= 1.0 and rec["lsh_budget"] >= 1
+  cfg.eval.lsh_probes = -1
+  with pytest.raises(InputError):
+    experiment.run(cfg, str(tmp_path))
