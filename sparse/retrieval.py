@@ -93,7 +93,8 @@ def _collect(buckets, offered, qcodes, b, frequent, budget, counts, hits,
     counts[j] = big
   # Copy the probed buckets' entries first, then count: the copies are
   # independent loads that the CPU overlaps (the tables are far bigger
-  # than the caches); counting as they arrive was 1.6x slower.
+  # than the caches); counting as they arrive took 1.7x as long at
+  # N=670k (BENCHMARKS.md).
   h = 0
   for l in range(n_tables):
     for p in range(n_probe):
@@ -147,32 +148,15 @@ def _collect(buckets, offered, qcodes, b, frequent, budget, counts, hits,
   return m
 
 
-@numba.njit(parallel=True, cache=True)
-def _candidates(buckets, offered, qcodes, frequent, budget, n):
-  batch = qcodes.shape[0]
-  max_touched = qcodes.shape[1] * qcodes.shape[2] * buckets.shape[2]
-  out = np.full((batch, budget), -1, np.int32)
-  n_chunks = max(min(batch, numba.get_num_threads()), 1)
-  per = -(-batch // n_chunks)
-  for ch in numba.prange(n_chunks):
-    counts = np.zeros(n, np.uint16)
-    touched = np.empty(max_touched, np.int32)
-    hits = np.empty(max_touched, np.int32)
-    order = np.empty(max(budget, 1), np.int32)
-    hist = np.empty(max_touched + 2, np.int64)
-    for b in range(ch * per, min(batch, (ch + 1) * per)):
-      m = _collect(buckets, offered, qcodes, b, frequent, budget, counts, hits,
-                   touched,
-                   order, hist)
-      out[b, :m] = order[:m]
-  return out
-
-
 @numba.njit(parallel=True, cache=True, fastmath=True)
-def _retrieve_topk(buckets, offered, qcodes, frequent, budget, w, bias, h, top_k):
+def _retrieve(buckets, offered, qcodes, frequent, budget, n, keep, w, bias, h,
+              top_k):
+  # Candidates of each example (returned when `keep`), then the top_k of
+  # their exact scores (when top_k > 0).
   batch = qcodes.shape[0]
-  n, dim = w.shape
+  dim = w.shape[1]
   max_touched = qcodes.shape[1] * qcodes.shape[2] * buckets.shape[2]
+  cands = np.full((batch if keep else 0, budget), -1, np.int32)
   top = np.full((batch, top_k), -1, np.int32)
   n_chunks = max(min(batch, numba.get_num_threads()), 1)
   per = -(-batch // n_chunks)
@@ -182,11 +166,14 @@ def _retrieve_topk(buckets, offered, qcodes, frequent, budget, w, bias, h, top_k
     hits = np.empty(max_touched, np.int32)
     order = np.empty(max(budget, 1), np.int32)
     hist = np.empty(max_touched + 2, np.int64)
-    best = np.empty(top_k, np.float32)
+    best = np.empty(max(top_k, 1), np.float32)
     for b in range(ch * per, min(batch, (ch + 1) * per)):
-      m = _collect(buckets, offered, qcodes, b, frequent, budget, counts, hits,
-                   touched,
-                   order, hist)
+      m = _collect(buckets, offered, qcodes, b, frequent, budget, counts,
+                   hits, touched, order, hist)
+      if keep:
+        cands[b, :m] = order[:m]
+      if top_k == 0:
+        continue
       best[:] = -np.inf
       hb = h[b]
       for i in range(m):
@@ -205,7 +192,7 @@ def _retrieve_topk(buckets, offered, qcodes, frequent, budget, w, bias, h, top_k
             q -= 1
           best[q] = s
           top[b, q] = j
-  return top
+  return cands, top
 
 
 def frequent_neurons(bias: np.ndarray, count: int) -> np.ndarray:
@@ -231,9 +218,10 @@ def candidates(tables, qcodes: np.ndarray, frequent: np.ndarray,
   Returns:
     `(B, budget)` int32 neuron ids, -1 where fewer were retrieved.
   """
-  return _candidates(tables.buckets, tables.offered, _codes(qcodes),
-                     np.asarray(frequent, np.int32), int(budget),
-                     tables.codes.shape[0])
+  none = np.zeros((1, 1), np.float32)
+  return _retrieve(tables.buckets, tables.offered, _codes(qcodes),
+                   np.asarray(frequent, np.int32), int(budget),
+                   tables.codes.shape[0], True, none, none[0], none, 0)[0]
 
 
 def retrieve_topk(tables, qcodes: np.ndarray, frequent: np.ndarray,
@@ -248,9 +236,10 @@ def retrieve_topk(tables, qcodes: np.ndarray, frequent: np.ndarray,
     `(B, top_k)` int32 neuron ids, best first; -1 where fewer than `top_k`
     candidates were retrieved.
   """
-  return _retrieve_topk(tables.buckets, tables.offered, _codes(qcodes),
-                        np.asarray(frequent, np.int32), int(budget),
-                        _f32(w), _f32(bias), _f32(h), int(top_k))
+  return _retrieve(tables.buckets, tables.offered, _codes(qcodes),
+                   np.asarray(frequent, np.int32), int(budget),
+                   tables.codes.shape[0], False, _f32(w), _f32(bias), _f32(h),
+                   int(top_k))[1]
 
 
 def _codes(qcodes):
