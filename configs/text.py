@@ -53,9 +53,10 @@ def base_config():
   # the candidates), lsh_budget and the seconds of both inference paths.
   c.eval.lsh = False
   c.eval.lsh_budget = 0             # 0 = calibrated on 512 training inputs
-  c.eval.lsh_target_recall = 0.9
+  c.eval.lsh_target_recall = 0.95
   c.eval.lsh_probes = 8
   c.eval.lsh_tables = 200
+  c.eval.lsh_rows = "simple"        # or "centred" (see sparse/lsh_inference.py)
   return c
 
 

@@ -111,7 +111,7 @@ def inference_config(ev) -> retrieval.InferenceConfig:
   return retrieval.check_config(retrieval.InferenceConfig(
       budget=int(ev.lsh_budget) if ev.lsh_budget > 0 else None,
       target_recall=float(ev.lsh_target_recall), probes=int(ev.lsh_probes),
-      num_tables=int(ev.lsh_tables)))
+      num_tables=int(ev.lsh_tables), rows=str(ev.lsh_rows)))
 
 
 def lsh_report(model, x_tr, x_te, y_te) -> dict:

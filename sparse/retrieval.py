@@ -39,14 +39,17 @@ class InferenceConfig(NamedTuple):
     num_tables: tables of the index (SimHash of the centred output rows).
     bucket_size: mean neurons per bucket; sets the bits per table
       (`autotune.tune_index`).
+    rows: what the index hashes: "centred" output rows or "simple"
+      (Simple-LSH rows with the bias; see `sparse.lsh_inference`).
   """
   budget: Optional[int] = None
-  target_recall: float = 0.9
+  target_recall: float = 0.95
   probes: int = 8
   frequent: int = 32
   max_budget: Optional[int] = None
   num_tables: int = 200
   bucket_size: int = 16
+  rows: str = "simple"
 
 
 def default_max_budget(n: int) -> int:
@@ -64,6 +67,8 @@ def check_config(cfg: InferenceConfig) -> InferenceConfig:
                      f"{cfg.target_recall}")
   if cfg.probes < 0 or cfg.frequent < 0:
     raise InputError("probes, frequent: must be >= 0")
+  if cfg.rows not in ("centred", "simple"):
+    raise InputError(f"rows: {cfg.rows!r} is not 'centred' or 'simple'")
   if cfg.num_tables < 1 or cfg.bucket_size < 1:
     raise InputError("num_tables, bucket_size: must be >= 1")
   if cfg.num_tables * (cfg.probes + 1) >= 1 << 15:

@@ -23,11 +23,13 @@ def trained():
   return m, d
 
 
-def test_budget_of_all_neurons_equals_dense_inference(trained):
+@pytest.mark.parametrize("rows", ["centred", "simple"])
+def test_budget_of_all_neurons_equals_dense_inference(trained, rows):
   m, d = trained
   dense = m.predict(d.x_test, top_k=5)
   lsh_all = m.predict(d.x_test, top_k=5, mode="lsh",
-                      inference=retrieval.InferenceConfig(budget=300))
+                      inference=retrieval.InferenceConfig(budget=300,
+                                                          rows=rows))
   np.testing.assert_array_equal(lsh_all, dense)
   # The old flag is an alias of mode="lsh".
   m.inference = retrieval.InferenceConfig(budget=300)
@@ -44,14 +46,12 @@ def test_recall_grows_with_budget(trained):
   h = np.concatenate([np.asarray(m._last_hidden(ib))   # pylint: disable=protected-access
                       for ib, _ in m._batches(x, 128)])  # pylint: disable=protected-access
   w, b = m._out_weights()  # pylint: disable=protected-access
-  index = m._index.ready(w, b, cfg)  # pylint: disable=protected-access
+  index = m._index  # pylint: disable=protected-access
   top1 = m.predict(x, top_k=1)[:, 0]
-  codes = index.probe(jnp.asarray(h), cfg.probes)
-  freq = retrieval.frequent_neurons(b, 4)
   recalls = []
-  full = retrieval.candidates(index.tables, codes, freq, 300)
+  full = index.candidates(jnp.asarray(h), w, b, cfg, 300)
   for budget in (4, 16, 64, 300):
-    c = retrieval.candidates(index.tables, codes, freq, budget)
+    c = index.candidates(jnp.asarray(h), w, b, cfg, budget)
     # Candidates come best first: a smaller budget keeps a prefix.
     np.testing.assert_array_equal(c, full[:, :budget])
     recalls.append(retrieval.recall_at(c, top1))
