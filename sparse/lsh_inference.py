@@ -37,7 +37,7 @@ class OutputIndex:
     self.lsh: Optional[LayerLSH] = None
     self.rows = None
     self.frequent = np.zeros(0, np.int32)
-    self.budget: Optional[int] = None
+    self.budget = None   # (config it was calibrated under, budget)
 
   def ready(self, w: np.ndarray, b: np.ndarray,
             cfg: retrieval.InferenceConfig) -> LayerLSH:

@@ -291,7 +291,7 @@ class Model:
     Returns:
       `{"budget": int, "recall": float}` on `x` at that budget.
     """
-    cfg = self._inference_config(inference)
+    key = cfg = self._inference_config(inference)
     if target_recall is not None:
       cfg = self._inference_config(
           cfg._replace(target_recall=float(target_recall)))
@@ -302,7 +302,8 @@ class Model:
     cands = np.concatenate([c for c, _ in pairs])
     dense = np.concatenate([d for _, d in pairs])
     budget = retrieval.calibrate_budget(cands, dense, cfg.target_recall)
-    self._index.budget = budget
+    # Kept for predictions under the config given (`key`).
+    self._index.budget = (key, budget)
     return {"budget": budget,
             "recall": retrieval.recall_at(cands[:, :budget], dense)}
 
@@ -312,13 +313,15 @@ class Model:
     cfg = self._inference_config(inference)
     if cfg.budget is not None:
       return int(min(cfg.budget, self.specs[-1].units))
-    if self._index.budget is None:
+    # A budget calibrated under other settings does not hold for these.
+    if self._index.budget is None or self._index.budget[0] != cfg:
       if x is None:
         raise InputError("lsh: no budget given and no examples to "
                          "calibrate it on")
+      x = data_lib.as_inputs(x, self.input_dim)
       self.calibrate(x.take(np.arange(min(len(x), _CALIBRATION_EXAMPLES))),
                      inference=cfg)
-    return self._index.budget
+    return self._index.budget[1]
 
   def lsh_recall(self, x, inference=None, batch_size: int = 256) -> float:
     """Fraction of `x` whose dense top-1 is among its LSH candidates."""
