@@ -56,7 +56,7 @@ def base_config():
   c.eval.lsh_target_recall = 0.95
   c.eval.lsh_probes = 8
   c.eval.lsh_tables = 200
-  c.eval.lsh_rows = "simple"        # or "centred" (see sparse/lsh_inference.py)
+  c.eval.lsh_rows = "centred"       # or "simple" (see sparse/lsh_inference.py)
   return c
 
 

@@ -49,7 +49,7 @@ class InferenceConfig(NamedTuple):
   max_budget: Optional[int] = None
   num_tables: int = 200
   bucket_size: int = 16
-  rows: str = "simple"
+  rows: str = "centred"
 
 
 def default_max_budget(n: int) -> int:
