@@ -84,3 +84,19 @@ def schedule(num_examples: int, batch_size: int,
   if rehash_every is None:
     rehash_every = max(batches // 4, 1)
   return Schedule(int(rebuild_every), int(rehash_every))
+
+
+def tune_index(n: int, occupancy: int = 16, num_tables: int = 200
+               ) -> LayerTuning:
+  """LSH setup of the inference index of an output layer of `n` neurons.
+
+  SimHash (one bit per hash) with `K = round(log2(n / occupancy))` bits per
+  table, so that a bucket holds about `occupancy` neurons whatever `n`, and
+  `num_tables` tables whose votes rank the candidates; the reservoir is 4x
+  the mean bucket size. Measured on a trained N=100k model (BENCHMARKS.md):
+  many tables mattered more than many probes.
+  """
+  k = min(max(int(round(math.log2(max(n, 2) / occupancy))), 1), 24)
+  return LayerTuning(sparsity=1.0, active_size=int(n), hashes_per_table=k,
+                     num_tables=int(num_tables), range_pow=k,
+                     reservoir=int(4 * max(n / 2**k, 1)))

@@ -13,12 +13,15 @@ import csv
 import importlib.util
 import json
 import os
+import time
 from typing import Optional
 
 import numpy as np
 
+from sparse import data as data_lib
 from sparse import featurize
 from sparse import model as model_lib
+from sparse import retrieval
 from sparse import tasks
 from sparse.errors import InputError
 
@@ -103,6 +106,30 @@ def build_model(cfg, input_dim: int, n_classes: int) -> model_lib.Model:
   return model_lib.Model(hidden + [out], input_dim, m.learning_rate, cfg.seed)
 
 
+def inference_config(ev) -> retrieval.InferenceConfig:
+  """The LSH inference knobs of a config's `eval` section."""
+  return retrieval.check_config(retrieval.InferenceConfig(
+      budget=int(ev.lsh_budget) if ev.lsh_budget > 0 else None,
+      target_recall=float(ev.lsh_target_recall), probes=int(ev.lsh_probes),
+      num_tables=int(ev.lsh_tables), rows=str(ev.lsh_rows)))
+
+
+def lsh_report(model, x_tr, x_te, y_te) -> dict:
+  """P@1 of dense scoring and of LSH inference, recall, budget, seconds."""
+  out = {}
+  if model.inference.budget is None:
+    model.calibrate(x_tr.take(np.arange(min(len(x_tr), 512))))
+  for mode in ("dense", "lsh"):
+    t0 = time.perf_counter()
+    p = model.evaluate(x_te, y_te, mode=mode)["p@1"]
+    out[f"{mode}_inference_seconds"] = time.perf_counter() - t0
+    if mode == "lsh":
+      out["p@1_lsh"] = p
+  out["lsh_recall"] = model.lsh_recall(x_te)
+  out["lsh_budget"] = model.lsh_budget()
+  return out
+
+
 def run(cfg, workdir: str, arrays=None) -> list:
   """Trains the configured model, writing `workdir/metrics.jsonl`.
 
@@ -131,6 +158,9 @@ def run(cfg, workdir: str, arrays=None) -> list:
   else:
     raise InputError(f"task: unknown task {cfg.task!r} (text, xc, arrays)")
   model = build_model(cfg, dim, n_classes)
+  model.inference = inference_config(cfg.eval)
+  x_tr = data_lib.as_inputs(x_tr, dim)
+  x_te = data_lib.as_inputs(x_te, dim)
   path = os.path.join(workdir, "metrics.jsonl")
   records = []
   with open(path, "w") as f:
@@ -138,6 +168,8 @@ def run(cfg, workdir: str, arrays=None) -> list:
       rec = dict(rec)
       if cfg.eval.sparse_inference and "p@1" in rec:
         rec["p@1_dense_inference"] = model.evaluate(x_te, y_te)["p@1"]
+      if cfg.eval.lsh:
+        rec.update(lsh_report(model, x_tr, x_te, y_te))
       records.append(rec)
       f.write(json.dumps(rec) + "\n")
       f.flush()

@@ -246,3 +246,53 @@ def dwta_hash_host(params: DWTAParams, w) -> np.ndarray:
   wt = np.ascontiguousarray(np.asarray(w, np.float32).T)
   bins = np.asarray(params.bins)
   return _dwta_rows(wt, bins, bits_per_hash(params)).T
+
+
+def _probe_flips(margin, alt, own, bits, probes):
+  """Codes one hash away from `own`, the smallest-margin hashes first.
+
+  Args:
+    margin: `(..., L, K)` how far each hash is from changing.
+    alt: `(..., L, K)` the value each hash would change to.
+    own: `(..., L, K)` the hashes themselves.
+    bits: bits per hash.
+    probes: neighbours per table (at most K).
+
+  Returns:
+    `(..., L, 1 + probes)` int32 codes, the own code first.
+  """
+  k = own.shape[-1]
+  probes = min(probes, k)
+  base = _combine(own, bits)
+  if probes == 0:
+    return base[..., None]
+  order = jax.lax.top_k(-margin, probes)[1]                 # (..., L, P)
+  shifts = bits * order
+  old = jnp.take_along_axis(own, order, -1).astype(jnp.int32)
+  new = jnp.take_along_axis(alt, order, -1).astype(jnp.int32)
+  flipped = base[..., None] + ((new - old) << shifts)
+  return jnp.concatenate([base[..., None], flipped], -1)
+
+
+def probe_codes(params, x: jax.Array, probes: int) -> jax.Array:
+  """Multi-probe: each table's own bucket and `probes` neighbouring ones.
+
+  DWTA: a neighbour replaces one of the `K` winners by its bin's runner-up,
+  for the hashes whose winner leads by the least. SRP: a neighbour flips
+  the sign bit of the projection closest to zero.
+
+  Returns:
+    `(..., L, 1 + min(probes, K))` int32 codes; `[..., 0]` is `hash(x)`.
+  """
+  if isinstance(params, DWTAParams):
+    vals = jnp.take(x, params.bins, axis=-1)                # (..., L, K, b)
+    own = jnp.argmax(vals, axis=-1)
+    first = jnp.max(vals, axis=-1)
+    b = vals.shape[-1]
+    rest = jnp.where(jnp.arange(b) == own[..., None], -jnp.inf, vals)
+    alt = jnp.argmax(rest, axis=-1)
+    margin = first - jnp.max(rest, axis=-1)
+    return _probe_flips(margin, alt, own, bits_per_hash(params), probes)
+  proj = jnp.einsum("...d,dlk->...lk", x, params.projections)
+  own = (proj > 0).astype(jnp.int32)
+  return _probe_flips(jnp.abs(proj), 1 - own, own, 1, probes)
