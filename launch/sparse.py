@@ -13,6 +13,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from launch import cli
 from sparse import experiment
 from sparse.errors import InputError
 
@@ -31,7 +32,7 @@ def main(argv):
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
   if not _WORKDIR.value:
     _fail("--workdir: give an output directory")
-  cfg = _CONFIG.value
+  cfg = cli.load_config(_CONFIG)
   if cfg is None:
     _fail("--config: give a config file")
   try:

@@ -297,8 +297,8 @@ VARIANTS = """### Variants tried (N={n:,} unless noted)
 | table build: numba, one reservoir insert at a time (random order) | 11.4 s; 8.8 s with contiguous codes (development) | no |
 | table build: numba counting sort per table, parallel over tables | 3.9 s (development) | yes |
 | incremental rebuild (rehash only rows touched since the last rebuild) | see the rebuild figures above | yes |
-| `jax.grad` through `W[idx]` (dense N x D gradient) | as slow as dense (DESIGN.md) | no |
-| `bcoo_dot_general_sampled` for the output layer | dense gradient (DESIGN.md) | no |
+| `jax.grad` through `W[idx]` (dense N x D gradient) | as slow as dense (measured; docs/design.md, "Performance notes") | no |
+| `bcoo_dot_general_sampled` for the output layer | dense gradient (measured before this project; not rerun) | no |
 | sparse inputs: host `np.unique` + gathered rows + einsum (embedding bag) | inside the step figures | yes; BCOO matmul would give a dense D_in x 256 gradient and dense Adam on it |
 
 P@1 of the sampled layer on task (a) (N=100,000, 50,000 examples, 2 epochs, dense inference, same data, seed and test set as above; dense P@1 0.6534, the same before these changes and after them: the dense path is deterministic and they leave it as it was), measured one variant per run with only the sampled model trained; s/epoch on a machine shared with other jobs (load 5 to 8), so only the P@1 column compares:

@@ -257,7 +257,7 @@ def test_bad_input_exits_2_with_one_error_line_naming_the_culprit(outcomes, case
   assert not os.path.exists(os.path.join(workdir, "metrics.jsonl"))
 
 
-@pytest.mark.parametrize("module", ["launch.train", "launch.sweep"])
+@pytest.mark.parametrize("module", ["launch.train", "launch.sweep", "launch.sparse"])
 def test_a_missing_config_file_alone_exits_2(module, tmp_path):
   """Only `--config=` and `--workdir=`: config_flags defers the load error."""
   from conftest import run_launch  # pylint: disable=g-import-not-at-top
