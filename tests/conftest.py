@@ -123,3 +123,8 @@ def _free_compiled_programs():
   import jax  # pylint: disable=g-import-not-at-top
   jax.clear_caches()
   gc.collect()
+  try:  # give freed pages back to the OS (glibc keeps them otherwise)
+    import ctypes  # pylint: disable=g-import-not-at-top
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+  except (OSError, AttributeError):
+    pass
