@@ -16,8 +16,8 @@ import numpy as np
 
 from fairjax import client as client_lib
 from fairjax import data as data_lib
+from fairjax import engine as engine_lib
 from fairjax import models
-from fairjax import server as server_lib
 from fairjax import simulate
 
 
@@ -105,10 +105,8 @@ def build_loop_fns(sim):
 
     def finish(p, start, seeds, weight, level=level):
       _, new_shared = models.split_user_params(p, kind)
-      delta = jax.tree.map(jnp.subtract, new_shared, start)
-      delta, ok, _ = server_lib.screen_update(delta, screen)
+      out, ok, _ = engine_lib.settle(level, screen, start, new_shared, seeds)
       w = weight * ok
-      out = level.contribute(start, delta, ok, seeds)
       return jax.tree.map(lambda d: d * w, out), w
 
     fns["finish", lv] = jax.jit(finish)

@@ -52,22 +52,29 @@ def map_groups(fn, xs, size):
   return (*total, per)
 
 
-def client_update(level, update, table_names, screen):
-  """One client's round, as the engine and the bench's loop both run it.
+def settle(level, screen, start, new_shared, seeds, poison=None):
+  """A trained client's contribution: its delta, screened, in the level's sum form.
 
-  Returns `one((params, shared, user, items, mask, rng, seeds, poison), steps)
-  -> (contribution, new user rows, loss, accepted, norm)`.
+  The engine and the bench's loop both end a client's round with this.
+  Returns (contribution, accepted, norm before clipping).
   """
+  delta = jax.tree.map(jnp.subtract, new_shared, start)
+  if poison is not None:  # client.poison hook
+    delta = jax.tree.map(lambda d: d * poison.astype(d.dtype), delta)
+  delta, ok, norm = server_lib.screen_update(delta, screen)
+  return level.contribute(start, delta, ok, seeds), ok, norm
+
+
+def client_update(level, update, table_names, screen):
+  """One client's round: `one(params, shared, (user, items, mask, rng, seeds,
+  poison), steps) -> (contribution, new user rows, loss, accepted, norm)`."""
   def one(params, shared, xs, steps):
     user, it, mk, rng, sd, pz = xs
     start = level.held(params, shared, sd)
     new_shared, new_user, loss = update(start, user, it, mk, rng,
                                         level.model_seeds(table_names, sd), steps)
-    delta = jax.tree.map(jnp.subtract, new_shared, start)
-    if pz is not None:  # client.poison hook
-      delta = jax.tree.map(lambda d: d * pz.astype(d.dtype), delta)
-    delta, ok, norm = server_lib.screen_update(delta, screen)
-    return level.contribute(start, delta, ok, sd), new_user, loss, ok, norm
+    out, ok, norm = settle(level, screen, start, new_shared, sd, pz)
+    return out, new_user, loss, ok, norm
   return one
 
 

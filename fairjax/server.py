@@ -12,9 +12,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-AGGREGATES = ("delta", "weights", "nested")
-
-
 class Screen(NamedTuple):
   """Robust-aggregation settings (0 disables a bound)."""
   max_norm: float = 0.0
@@ -55,38 +52,39 @@ def weighted_sum(trees, weights):
   return jax.tree.map(lambda x: jnp.tensordot(weights.astype(x.dtype), x, axes=1), trees)
 
 
-def server_step(optimizer: optax.GradientTransformation, params, opt_state, total, weight,
-                aggregate, coverage=None):
-  """Applies one round's aggregate; leaves the state as is when weight == 0.
+def average(total, weight, params, aggregate, coverage=None):
+  """The averaged update `g` of a round's weighted sum (what the server applies as `-g`).
 
   Args:
-    optimizer: the server optimizer.
-    params: the server's params (full tables).
-    opt_state: its state.
     total: sum over clients of weight * expanded delta (or weights).
     weight: the sum of the clients' weights.
+    params: the server's params (full tables).
     aggregate: "delta" or "weights".
     coverage: optional pytree like `params`: per entry, the summed weight of
       the clients that hold it (HeteroFL). Each entry is then averaged over
-      those clients only; an entry no client held is left as it is.
-
-  Returns:
-    (params, opt_state).
+      those clients only; an entry no client held gets 0 (it stays as it is).
   """
   if coverage is not None:
     held = lambda c: c > 0
     per = lambda t, c: jnp.where(held(c), t / jnp.maximum(c, 1e-12), 0)
     if aggregate == "delta":
-      g = jax.tree.map(per, total, coverage)
-    else:
-      g = jax.tree.map(lambda t, c, p: jnp.where(held(c), per(t, c) - p, 0),
-                       total, coverage, params)
-    return apply_average(optimizer, params, opt_state, g, weight)
+      return jax.tree.map(per, total, coverage)
+    return jax.tree.map(lambda t, c, p: jnp.where(held(c), per(t, c) - p, 0),
+                        total, coverage, params)
   w = jnp.maximum(weight, 1e-12)
   if aggregate == "delta":
-    g = jax.tree.map(lambda t: t / w, total)
-  else:
-    g = jax.tree.map(lambda t, p: t / w - p, total, params)
+    return jax.tree.map(lambda t: t / w, total)
+  return jax.tree.map(lambda t, p: t / w - p, total, params)
+
+
+def server_step(optimizer: optax.GradientTransformation, params, opt_state, total, weight,
+                aggregate, coverage=None):
+  """Applies one round's aggregate (`average`); leaves the state as is when weight == 0.
+
+  Returns:
+    (params, opt_state).
+  """
+  g = average(total, weight, params, aggregate, coverage)
   return apply_average(optimizer, params, opt_state, g, weight)
 
 

@@ -75,11 +75,7 @@ def _federated(config):
     raise InputError(f"fair.aggregate: unknown mode {fair.aggregate!r}; choose one "
                      f"of {', '.join(base.AGGREGATES)}")
   hashed.powers(fair)  # fair.lift and fair.view
-  try:
-    _nonnegative("fair.level_weight", fair.get("level_weight", 0.0))
-  except InputError:
-    raise InputError(f"fair.level_weight: must be a finite number >= 0, got "
-                     f"{fair.get('level_weight')}") from None
+  _nonnegative("fair.level_weight", fair.get("level_weight", 0.0))
   if fair.execution not in EXECUTIONS:
     raise InputError(f"fair.execution: unknown mode {fair.execution!r}; choose one "
                      f"of {', '.join(EXECUTIONS)}")

@@ -297,7 +297,7 @@ VARIANTS = """### Variants tried (N={n:,} unless noted)
 | table build: numba, one reservoir insert at a time (random order) | 11.4 s; 8.8 s with contiguous codes (development) | no |
 | table build: numba counting sort per table, parallel over tables | 3.9 s (development) | yes |
 | incremental rebuild (rehash only rows touched since the last rebuild) | see the rebuild figures above | yes |
-| `jax.grad` through `W[idx]` (dense N x D gradient) | as slow as dense (measured; docs/design.md, "Performance notes") | no |
+| `jax.grad` through `W[idx]` (dense N x D gradient) | as slow as dense (measured when the layer was designed; not rerun) | no |
 | `bcoo_dot_general_sampled` for the output layer | dense gradient (measured before this project; not rerun) | no |
 | sparse inputs: host `np.unique` + gathered rows + einsum (embedding bag) | inside the step figures | yes; BCOO matmul would give a dense D_in x 256 gradient and dense Adam on it |
 

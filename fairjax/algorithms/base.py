@@ -155,10 +155,7 @@ def average(mode):
       weights, the paper code's rule: g = mean(w') - params).
   """
   def avg(params, totals, weights):
-    total, w = _sum(totals), jnp.maximum(_sum(weights), 1e-12)
-    if mode == "delta":
-      return jax.tree.map(lambda t: t / w, total)
-    return jax.tree.map(lambda t, p: t / w - p, total, params)
+    return server_lib.average(_sum(totals), _sum(weights), params, mode)
   return _aggregator(mode, avg)
 
 
@@ -179,13 +176,7 @@ def per_entry(mode, coverage):
   def avg(params, totals, weights):
     cover = _sum({lv: jax.tree.map(lambda c, w=w: c * w, coverage(lv, params))
                   for lv, w in weights.items()})
-    total = _sum(totals)
-    held = lambda c: c > 0
-    per = lambda t, c: jnp.where(held(c), t / jnp.maximum(c, 1e-12), 0)
-    if mode == "delta":
-      return jax.tree.map(per, total, cover)
-    return jax.tree.map(lambda t, c, p: jnp.where(held(c), per(t, c) - p, 0),
-                        total, cover, params)
+    return server_lib.average(_sum(totals), _sum(weights), params, mode, cover)
   return _aggregator(mode, avg)
 
 

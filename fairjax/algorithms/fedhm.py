@@ -30,12 +30,12 @@ def fedhm(ctx):
     if c == 1 or rank == 0:
       levels.append(hashed.hashed_level(ctx, c, name, c == 1, full, agg))
       continue
-    levels.append(_low_rank_level(ctx, c, name, rank, full, agg))
+    levels.append(_low_rank_level(ctx, c, name, rank, agg))
   base.check_trains(levels, "fedhm", ctx.levels)
   return base.Algorithm(tuple(levels), agg, *base.same_seeds(hashed.spec_seeds(full)))
 
 
-def _low_rank_level(ctx, c, name, rank, full, agg):
+def _low_rank_level(ctx, c, name, rank, agg):
   down = low_rank_subspace(ctx.shapes, rank)
 
   def contribute(start, delta, ok, seeds):
@@ -51,8 +51,7 @@ def _low_rank_level(ctx, c, name, rank, full, agg):
       ctx.build_model(ctx.num_users, item_rank=rank), tuple((p[0],) for p in ctx.shapes),
       broadcast=lambda params, seeds: down.collapse(params),
       held=lambda params, shared, seeds: shared, contribute=contribute,
-      lift=base.identity_lift, eval_view=lambda params, seeds: down.collapse(params),
-      spec=full)
+      lift=base.identity_lift, eval_view=lambda params, seeds: down.collapse(params))
 
 
 def fedhm_rank(rows, cols, c):

@@ -16,6 +16,8 @@ update. A compressed level's table is small, so this costs little there.
   --config.algorithm=fedprox            # mu = 0.01
   --config.algorithm=fedprox:mu=0.1
 """
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -36,7 +38,7 @@ def proximal(mu):
 
 def fedprox(ctx, mu=0.01):
   """FAIR's levels, each client with FedProx's proximal term of strength `mu`."""
-  if not isinstance(mu, (int, float)) or not mu >= 0 or mu == float("inf"):
+  if not isinstance(mu, (int, float)) or not math.isfinite(mu) or mu < 0:
     raise InputError(f"algorithm: fedprox:mu must be a finite number >= 0, got {mu!r}")
   build = hashed.consistent("fedprox", hashed.spec_at, lambda c: True,
                             penalty=proximal(float(mu)) if mu else None)

@@ -36,7 +36,7 @@ def heterofl(ctx):
     levels.append(base.subspace_level(
         c, name, True, down, ctx.build_model(1, cols=width),
         ctx.build_model(ctx.num_users, cols=width), tuple(ctx.shapes), agg,
-        spec=full, user_cols=width))
+        user_cols=width))
   base.check_trains(levels, "heterofl", ctx.levels)
   return base.Algorithm(tuple(levels), agg, *base.same_seeds(hashed.spec_seeds(full)))
 
