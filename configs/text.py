@@ -50,9 +50,13 @@ def base_config():
   c.eval.sparse_inference = False   # p@1 from LSH inference (mode="lsh")
   # LSH inference (retrieve candidates, score them exactly): with lsh=True
   # each epoch also reports p@1_lsh, lsh_recall (of the dense top-1 among
-  # the candidates), lsh_budget and the seconds of both inference paths.
+  # the candidates), lsh_frequent, lsh_budget and the seconds of both
+  # inference paths.
   c.eval.lsh = False
-  c.eval.lsh_budget = 0             # 0 = calibrated on 512 training inputs
+  # Voted candidates beyond the frequent ones, and the frequent (highest-
+  # bias) neurons always scored; -1 = calibrated on 512 training inputs.
+  c.eval.lsh_budget = -1
+  c.eval.lsh_frequent = -1
   c.eval.lsh_target_recall = 0.95
   c.eval.lsh_probes = 8
   c.eval.lsh_tables = 200

@@ -5,7 +5,7 @@ parameters from the sparsity, so that the expected number of neurons in the
 probed buckets, `L * N / 2^range_pow`, is about the active-set size `s * N`.
 """
 import math
-from typing import NamedTuple, Optional
+from typing import List, NamedTuple, Optional
 
 
 class LayerTuning(NamedTuple):
@@ -100,3 +100,30 @@ def tune_index(n: int, occupancy: int = 16, num_tables: int = 200
   return LayerTuning(sparsity=1.0, active_size=int(n), hashes_per_table=k,
                      num_tables=int(num_tables), range_pow=k,
                      reservoir=int(4 * max(n / 2**k, 1)))
+
+
+# What LSH inference's steps cost per example, in rows of the frequent
+# block's matrix product (contiguous rows, BLAS; 1.1 us per row for a
+# batch of 256), measured on a trained N=670,091, D=256 model on 2 cores
+# (`/tmp`-free script in BENCHMARKS.md, "Inference"): a voted candidate
+# (a gathered row and a dot product) 13-26 us per batch, a table entry
+# read while collecting the votes (probe codes included) about 3 us.
+CANDIDATE_COST = 16.0
+HIT_COST = 3.0
+
+
+def vote_cost(n: int, tuning: LayerTuning, probes: int) -> float:
+  """What collecting one example's votes costs, in frequent rows: the
+  entries of its `L * (1 + probes)` buckets, `N / 2^K` each on average."""
+  hits = tuning.num_tables * (1 + min(probes, tuning.hashes_per_table)) * (
+      n / 2**tuning.range_pow)
+  return HIT_COST * hits
+
+
+def frequent_sizes(n: int) -> List[int]:
+  """The frequent counts LSH calibration tries for an output of `n`: 0,
+  32, and N/2^k for k = 4..10 (the block product costs F/N of dense
+  scoring, so N/16 bounds it near a 16th)."""
+  sizes = {0, min(32, n)}
+  sizes.update(-(-n // 2**k) for k in range(4, 11))
+  return sorted(sizes)

@@ -109,15 +109,18 @@ def build_model(cfg, input_dim: int, n_classes: int) -> model_lib.Model:
 def inference_config(ev) -> retrieval.InferenceConfig:
   """The LSH inference knobs of a config's `eval` section."""
   return retrieval.check_config(retrieval.InferenceConfig(
-      budget=int(ev.lsh_budget) if ev.lsh_budget > 0 else None,
+      budget=int(ev.lsh_budget) if ev.lsh_budget >= 0 else None,
+      frequent=(int(ev.lsh_frequent) if ev.get("lsh_frequent", -1) >= 0
+                else None),
       target_recall=float(ev.lsh_target_recall), probes=int(ev.lsh_probes),
       num_tables=int(ev.lsh_tables), rows=str(ev.lsh_rows)))
 
 
 def lsh_report(model, x_tr, x_te, y_te) -> dict:
-  """P@1 of dense scoring and of LSH inference, recall, budget, seconds."""
+  """P@1 of dense scoring and of LSH inference, recall, frequent count,
+  budget, seconds."""
   out = {}
-  if model.inference.budget is None:
+  if model.inference.budget is None or model.inference.frequent is None:
     model.calibrate(x_tr.take(np.arange(min(len(x_tr), 512))))
   for mode in ("dense", "lsh"):
     t0 = time.perf_counter()
@@ -126,7 +129,8 @@ def lsh_report(model, x_tr, x_te, y_te) -> dict:
     if mode == "lsh":
       out["p@1_lsh"] = p
   out["lsh_recall"] = model.lsh_recall(x_te)
-  out["lsh_budget"] = model.lsh_budget()
+  setting = model.lsh_setting()
+  out["lsh_budget"], out["lsh_frequent"] = setting.budget, setting.frequent
   return out
 
 

@@ -33,11 +33,13 @@ class OutputIndex:
     self.invalidate()
 
   def invalidate(self):
-    """Forgets the tables and budget (the weights changed)."""
+    """Forgets the tables, blocks and budget (the weights changed)."""
     self.lsh: Optional[LayerLSH] = None
     self.rows = None
-    self.frequent = np.zeros(0, np.int32)
-    self.budget = None   # (config it was calibrated under, budget)
+    self.by_bias = None   # neuron ids by decreasing bias
+    self.block = None     # (F, rows (F, D), biases (F,)) of the frequent
+    # (config calibrated under, frequent count, budget), from calibration.
+    self.calibrated = None
 
   def ready(self, w: np.ndarray, b: np.ndarray,
             cfg: retrieval.InferenceConfig) -> LayerLSH:
@@ -50,24 +52,36 @@ class OutputIndex:
       self.rows = cfg.rows
       self.lsh = LayerLSH("srp", rows.shape[1], want, self.seed)
       self.lsh.rehash(rows)
-    if len(self.frequent) != min(cfg.frequent, n):
-      self.frequent = retrieval.frequent_neurons(b, cfg.frequent)
+    if self.by_bias is None:
+      self.by_bias = retrieval.frequent_neurons(b, n)
     return self.lsh
 
+  def frequent(self, count: int) -> np.ndarray:
+    """The `count` highest-bias neurons, highest first (after `ready`)."""
+    return self.by_bias[:count]
+
   def candidates(self, h, w, b, cfg: retrieval.InferenceConfig,
-                 budget: int) -> np.ndarray:
-    """`(B, budget)` candidates of the rows of `h`, best first."""
+                 frequent: int, budget: int) -> np.ndarray:
+    """`(B, frequent + budget)` candidates of the rows of `h`: the
+    `frequent` highest-bias neurons, then the voted ones, best first."""
     lsh = self.ready(w, b, cfg)
     return retrieval.candidates(lsh.tables, self._probe(h, cfg),
-                                self.frequent, budget)
+                                self.frequent(frequent), budget)
 
-  def topk(self, h, w, b, cfg: retrieval.InferenceConfig, budget: int,
-           top_k: int) -> np.ndarray:
-    """`(B, top_k)` best candidates by their exact scores."""
+  def topk(self, h, w, b, cfg: retrieval.InferenceConfig, frequent: int,
+           budget: int, top_k: int) -> np.ndarray:
+    """`(B, top_k)` best candidates by their exact scores; the frequent
+    neurons' scores are one matrix product over their rows."""
     lsh = self.ready(w, b, cfg)
-    return retrieval.retrieve_topk(lsh.tables, self._probe(h, cfg),
-                                   self.frequent, budget, w, b,
-                                   np.asarray(h), top_k)
+    if self.block is None or self.block[0] != frequent:
+      self.block = (frequent,
+                    *retrieval.frequent_block(w, b, self.frequent(frequent)))
+    # With no voted candidates the tables are not read: no probe codes.
+    codes = (self._probe(h, cfg) if budget > 0
+             else np.zeros((h.shape[0], 1, 1), np.int32))
+    return retrieval.retrieve_topk(lsh.tables, codes,
+                                   self.frequent(frequent), budget, w, b,
+                                   np.asarray(h), top_k, self.block[1:])
 
   def _probe(self, h, cfg):
     if self.rows == "simple":

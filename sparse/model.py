@@ -272,24 +272,36 @@ class Model:
       cfg = retrieval.InferenceConfig(**cfg)
     return retrieval.check_config(cfg)
 
-  def _candidates_and_dense(self, x, cfg, budget, batch_size):
-    """Per batch: LSH candidates `(b, budget)` and the dense top-1 `(b,)`."""
+  def _candidates_and_dense(self, x, cfg, sizes, budget, batch_size):
+    """LSH candidates `{F: (n, F + budget)}` at each frequent count F of
+    `sizes`, and the dense top-1 `(n,)`, of the examples `x`."""
     w, b = self._out_weights()
+    cands, dense = {f: [] for f in sizes}, []
     for ib, idx in self._batches(x, batch_size):
       h = self._last_hidden(ib)
-      dense = np.asarray(self._dense_topk(self.state["params"], h, 1))[:, 0]
-      cands = self._index.candidates(h, w, b, cfg, budget)
-      yield cands[:len(idx)], dense[:len(idx)]
+      top = np.asarray(self._dense_topk(self.state["params"], h, 1))[:, 0]
+      dense.append(top[:len(idx)])
+      for f in sizes:
+        c = self._index.candidates(h, w, b, cfg, f, budget)
+        cands[f].append(c[:len(idx)])
+    if not dense:
+      return {f: np.zeros((0, f + budget), np.int32) for f in sizes}, \
+          np.zeros(0, np.int32)
+    return {f: np.concatenate(c) for f, c in cands.items()}, \
+        np.concatenate(dense)
 
   def calibrate(self, x, target_recall: Optional[float] = None,
                 inference=None, batch_size: int = 256) -> dict:
-    """Sets the LSH candidate budget from examples `x` (no labels needed).
+    """Sets LSH inference's frequent count and budget from examples `x`
+    (no labels needed).
 
-    The budget is the smallest (at most `max_budget`) for which the dense
-    top-1 of at least `target_recall` of the examples is a candidate.
+    The pair chosen is the cheapest (`retrieval.choose_setting`) for which
+    the dense top-1 of at least `target_recall` of the examples is a
+    candidate, the budget at most `max_budget`; a `frequent` or `budget`
+    given in the config is kept as it is.
 
     Returns:
-      `{"budget": int, "recall": float}` on `x` at that budget.
+      `{"frequent": int, "budget": int, "recall": float}` on `x`.
     """
     key = cfg = self._inference_config(inference)
     if target_recall is not None:
@@ -298,40 +310,52 @@ class Model:
     x = data_lib.as_inputs(x, self.input_dim)
     n = self.specs[-1].units
     cap = min(cfg.max_budget or retrieval.default_max_budget(n), n)
-    pairs = list(self._candidates_and_dense(x, cfg, cap, batch_size))
-    cands = np.concatenate([c for c, _ in pairs])
-    dense = np.concatenate([d for _, d in pairs])
-    budget = retrieval.calibrate_budget(cands, dense, cfg.target_recall)
-    # Kept for predictions under the config given (`key`).
-    self._index.budget = (key, budget)
-    return {"budget": budget,
-            "recall": retrieval.recall_at(cands[:, :budget], dense)}
-
-  def lsh_budget(self, x=None, inference=None) -> int:
-    """The candidate budget LSH inference uses (calibrating on `x` first
-    when the config leaves it to calibration and none was done)."""
-    cfg = self._inference_config(inference)
     if cfg.budget is not None:
-      return int(min(cfg.budget, self.specs[-1].units))
-    # A budget calibrated under other settings does not hold for these.
-    if self._index.budget is None or self._index.budget[0] != cfg:
+      cap = min(cfg.budget, n)
+    sizes = ([min(cfg.frequent, n)] if cfg.frequent is not None
+             else autotune.frequent_sizes(n))
+    lsh = self._index.ready(*self._out_weights(), cfg)
+    cands, dense = self._candidates_and_dense(x, cfg, sizes, cap,
+                                              batch_size)
+    setting = retrieval.choose_setting(
+        cands, dense, cfg.target_recall, autotune.CANDIDATE_COST, cfg.budget,
+        autotune.vote_cost(n, lsh.tuning, cfg.probes))
+    # Kept for predictions under the config given (`key`).
+    self._index.calibrated = (key, setting)
+    return setting._asdict()
+
+  def lsh_setting(self, x=None, inference=None) -> retrieval.Setting:
+    """The frequent count and budget LSH inference uses (calibrating on
+    `x` first when the config leaves one to calibration and none was
+    done)."""
+    cfg = self._inference_config(inference)
+    n = self.specs[-1].units
+    if cfg.budget is not None and cfg.frequent is not None:
+      f = min(cfg.frequent, n)
+      return retrieval.Setting(f, int(min(cfg.budget, n - f)), float("nan"))
+    # A setting calibrated under another config does not hold for this.
+    if self._index.calibrated is None or self._index.calibrated[0] != cfg:
       if x is None:
         raise InputError("lsh: no budget given and no examples to "
                          "calibrate it on")
       x = data_lib.as_inputs(x, self.input_dim)
       self.calibrate(x.take(np.arange(min(len(x), _CALIBRATION_EXAMPLES))),
                      inference=cfg)
-    return self._index.budget[1]
+    return self._index.calibrated[1]
+
+  def lsh_budget(self, x=None, inference=None) -> int:
+    """The voted candidates per example LSH inference scores beyond the
+    frequent ones (see `lsh_setting`)."""
+    return self.lsh_setting(x, inference).budget
 
   def lsh_recall(self, x, inference=None, batch_size: int = 256) -> float:
     """Fraction of `x` whose dense top-1 is among its LSH candidates."""
     x = data_lib.as_inputs(x, self.input_dim)
     cfg = self._inference_config(inference)
-    budget = self.lsh_budget(x, cfg)
-    hits = [(c == d[:, None]).any(-1)
-            for c, d in self._candidates_and_dense(x, cfg, budget,
-                                                   batch_size)]
-    return float(np.concatenate(hits).mean()) if hits else float("nan")
+    s = self.lsh_setting(x, cfg)
+    cands, dense = self._candidates_and_dense(x, cfg, [s.frequent],
+                                              s.budget, batch_size)
+    return retrieval.recall_at(cands[s.frequent], dense)
 
   def _batches(self, x, batch_size):
     for start in range(0, len(x), batch_size):
@@ -365,7 +389,8 @@ class Model:
       raise InputError(f"top_k: must be in [1, {n}]")
     if mode == "lsh":
       cfg = self._inference_config(inference)
-      budget = max(self.lsh_budget(x, cfg), top_k)
+      setting = self.lsh_setting(x, cfg)
+      budget = max(setting.budget, top_k - setting.frequent)
       w, b = self._out_weights()
     out = []
     for ib, idx in self._batches(x, batch_size):
@@ -373,7 +398,8 @@ class Model:
       if mode == "dense":
         top = np.asarray(self._dense_topk(self.state["params"], h, top_k))
       else:
-        top = self._index.topk(h, w, b, cfg, budget, top_k)
+        top = self._index.topk(h, w, b, cfg, setting.frequent, budget,
+                               top_k)
       out.append(top[:len(idx)])
     return (np.concatenate(out) if out
             else np.zeros((0, top_k), np.int32)).astype(np.int32)

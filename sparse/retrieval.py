@@ -27,13 +27,16 @@ class InferenceConfig(NamedTuple):
   """Knobs of LSH inference (`Model.predict(..., mode="lsh")`).
 
   Attributes:
-    budget: candidates scored per example; None = calibrated at
-      `target_recall` (`calibrate_budget`).
+    budget: voted candidates scored per example beyond the frequent ones;
+      None = calibrated at `target_recall` (`Model.calibrate`).
     target_recall: the fraction of examples whose dense top-1 must be
       among their candidates when the budget is calibrated.
     probes: extra buckets probed per table (multi-probe: the codes one
       hash away from the example's own, the most likely flips first).
-    frequent: neurons always scored (the highest-bias ones).
+    frequent: neurons always scored (the highest-bias ones: the labels
+      seen most in training), as one matrix product; None = calibrated
+      with the budget (the cheapest pair that reaches `target_recall`,
+      `choose_setting`).
     max_budget: the largest budget calibration may choose; None =
       `default_max_budget(N)`.
     num_tables: tables of the index (SimHash of the centred output rows).
@@ -45,7 +48,7 @@ class InferenceConfig(NamedTuple):
   budget: Optional[int] = None
   target_recall: float = 0.95
   probes: int = 8
-  frequent: int = 32
+  frequent: Optional[int] = None
   max_budget: Optional[int] = None
   num_tables: int = 200
   bucket_size: int = 16
@@ -60,12 +63,12 @@ def default_max_budget(n: int) -> int:
 
 def check_config(cfg: InferenceConfig) -> InferenceConfig:
   """Returns `cfg` if its values are valid, else raises InputError."""
-  if cfg.budget is not None and cfg.budget < 1:
-    raise InputError(f"budget: must be >= 1, got {cfg.budget}")
+  if cfg.budget is not None and cfg.budget < 0:
+    raise InputError(f"budget: must be >= 0, got {cfg.budget}")
   if not 0.0 < cfg.target_recall <= 1.0:
     raise InputError(f"target_recall: must be in (0, 1], got "
                      f"{cfg.target_recall}")
-  if cfg.probes < 0 or cfg.frequent < 0:
+  if cfg.probes < 0 or (cfg.frequent is not None and cfg.frequent < 0):
     raise InputError("probes, frequent: must be >= 0")
   if cfg.rows not in ("centred", "simple"):
     raise InputError(f"rows: {cfg.rows!r} is not 'centred' or 'simple'")
@@ -79,23 +82,23 @@ def check_config(cfg: InferenceConfig) -> InferenceConfig:
   return cfg
 
 
-@numba.njit(inline="always")
-def _collect(buckets, offered, qcodes, b, frequent, budget, counts, hits,
-             touched, order, hist):
-  """Fills `order[:m]` with example b's candidates, best first; returns m.
+_SKIP = 65535   # the `counts` mark of a frequent neuron (never voted for)
 
-  `counts` must be zero on entry and is zero again on exit.
+
+@numba.njit(inline="always")
+def _collect(buckets, offered, qcodes, b, budget, counts, hits, touched,
+             order, hist):
+  """Fills `order[:m]` with example b's voted candidates; returns m.
+
+  Neurons whose `counts` entry is `_SKIP` (the frequent ones, marked by
+  the caller) are left out. The others are ranked by decreasing votes,
+  ties in the order they were first hit (table 0 first); when fewer than
+  `budget` were hit, the rest follow in id order, so that a budget of N
+  makes every neuron a candidate. Other `counts` entries must be zero on
+  entry and are zero again on exit.
   """
   n_tables, n_probe = qcodes.shape[1], qcodes.shape[2]
   reservoir = buckets.shape[2]
-  n_freq = frequent.shape[0]
-  # Frequent neurons are marked with a huge count so they sort first and
-  # are never counted twice.
-  big = np.uint16(65535)
-  m = 0
-  for i in range(n_freq):
-    j = frequent[i]
-    counts[j] = big
   # Copy the probed buckets' entries first, then count: the copies are
   # independent loads that the CPU overlaps (the tables are far bigger
   # than the caches); counting as they arrive took 1.7x as long at
@@ -115,7 +118,7 @@ def _collect(buckets, offered, qcodes, b, frequent, budget, counts, hits,
     if j < 0:
       continue
     cj = counts[j]
-    if cj == big:
+    if cj == _SKIP:
       continue
     if cj == 0:
       touched[t] = j
@@ -124,13 +127,9 @@ def _collect(buckets, offered, qcodes, b, frequent, budget, counts, hits,
     counts[j] = cj
     if cj > max_count:
       max_count = cj
-  for i in range(min(n_freq, budget)):
-    order[m] = frequent[i]
-    m += 1
-  # Counting sort of the touched neurons by decreasing count, stable in
-  # the order they were first hit (table 0 first).
-  keep = min(budget - m, t)
-  if keep > 0:
+  m = min(budget, t)
+  if m > 0:
+    # Counting sort of the touched neurons by decreasing count, stable.
     hist[:max_count + 2] = 0
     for i in range(t):
       hist[max_count - counts[touched[i]]] += 1
@@ -143,43 +142,58 @@ def _collect(buckets, offered, qcodes, b, frequent, budget, counts, hits,
       j = touched[i]
       pos = hist[max_count - counts[j]]
       hist[max_count - counts[j]] = pos + 1
-      if pos < keep:
-        order[m + pos] = j
-    m += keep
+      if pos < m:
+        order[pos] = j
+  if m < budget:
+    # Never hit: in id order (only reached when the budget exceeds the
+    # neurons the probed buckets hold, e.g. a budget of N).
+    for j in range(counts.shape[0]):
+      if m == budget:
+        break
+      if counts[j] == 0:
+        order[m] = j
+        m += 1
   for i in range(t):
     counts[touched[i]] = 0
-  for i in range(n_freq):
-    counts[frequent[i]] = 0
   return m
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)
 def _retrieve(buckets, offered, qcodes, frequent, budget, n, keep, w, bias, h,
-              top_k):
-  # Candidates of each example (returned when `keep`), then the top_k of
-  # their exact scores (when top_k > 0).
+              top_k, init_ids, init_scores):
+  # Voted candidates of each example (returned when `keep`), then the
+  # top_k of the exact scores of the voted ones merged into the frequent
+  # neurons' top_k (`init_ids`, `init_scores`, -1 / -inf where fewer).
   batch = qcodes.shape[0]
   dim = w.shape[1]
+  n_freq = frequent.shape[0]
   max_touched = qcodes.shape[1] * qcodes.shape[2] * buckets.shape[2]
+  budget = min(budget, n - n_freq)
   cands = np.full((batch if keep else 0, budget), -1, np.int32)
   top = np.full((batch, top_k), -1, np.int32)
   n_chunks = max(min(batch, numba.get_num_threads()), 1)
   per = -(-batch // n_chunks)
   for ch in numba.prange(n_chunks):
     counts = np.zeros(n, np.uint16)
+    for i in range(n_freq):
+      counts[frequent[i]] = _SKIP
     touched = np.empty(max_touched, np.int32)
     hits = np.empty(max_touched, np.int32)
     order = np.empty(max(budget, 1), np.int32)
     hist = np.empty(max_touched + 2, np.int64)
     best = np.empty(max(top_k, 1), np.float32)
     for b in range(ch * per, min(batch, (ch + 1) * per)):
-      m = _collect(buckets, offered, qcodes, b, frequent, budget, counts,
-                   hits, touched, order, hist)
+      m = 0
+      if budget > 0:
+        m = _collect(buckets, offered, qcodes, b, budget, counts, hits,
+                     touched, order, hist)
       if keep:
         cands[b, :m] = order[:m]
       if top_k == 0:
         continue
-      best[:] = -np.inf
+      for q in range(top_k):
+        top[b, q] = init_ids[b, q]
+        best[q] = init_scores[b, q]
       hb = h[b]
       for i in range(m):
         j = order[i]
@@ -211,40 +225,87 @@ def frequent_neurons(bias: np.ndarray, count: int) -> np.ndarray:
 
 def candidates(tables, qcodes: np.ndarray, frequent: np.ndarray,
                budget: int) -> np.ndarray:
-  """Candidate neurons per example, best first.
+  """Candidate neurons per example: the frequent ones, then the voted ones.
 
   Args:
     tables: the layer's `tables.Tables`.
     qcodes: `(B, L, P)` (or `(B, L)`) probed bucket of each example in
       each table, its own bucket first.
-    frequent: `(F,)` int32 neurons always included, first.
-    budget: candidates per example.
+    frequent: `(F,)` int32 neurons always scored, first.
+    budget: voted candidates per example beyond the frequent ones.
 
   Returns:
-    `(B, budget)` int32 neuron ids, -1 where fewer were retrieved.
+    `(B, F + min(budget, N - F))` int32 neuron ids.
   """
+  frequent = np.asarray(frequent, np.int32)
   none = np.zeros((1, 1), np.float32)
-  return _retrieve(tables.buckets, tables.offered, _codes(qcodes),
-                   np.asarray(frequent, np.int32), int(budget),
-                   tables.codes.shape[0], True, none, none[0], none, 0)[0]
+  voted = _retrieve(tables.buckets, tables.offered, _codes(qcodes),
+                    frequent, int(budget), tables.codes.shape[0], True,
+                    none, none[0], none, 0, np.zeros((1, 1), np.int32),
+                    none)[0]
+  return np.concatenate(
+      [np.broadcast_to(frequent, (len(voted), len(frequent))), voted], 1)
 
 
 def retrieve_topk(tables, qcodes: np.ndarray, frequent: np.ndarray,
                   budget: int, w: np.ndarray, bias: np.ndarray,
-                  h: np.ndarray, top_k: int) -> np.ndarray:
+                  h: np.ndarray, top_k: int, block=None) -> np.ndarray:
   """Top-k of the exact scores `w[j] . h + bias[j]` over the candidates.
 
   Args: as `candidates`, and `w` `(N, D)` float32 weights, `bias` `(N,)`,
-    `h` `(B, D)` the inputs of the layer, `top_k` answers per example.
+    `h` `(B, D)` the inputs of the layer, `top_k` answers per example,
+    `block` the frequent neurons' `(rows, biases)` when the caller keeps
+    them (`frequent_block`).
 
   Returns:
     `(B, top_k)` int32 neuron ids, best first; -1 where fewer than `top_k`
     candidates were retrieved.
   """
-  return _retrieve(tables.buckets, tables.offered, _codes(qcodes),
-                   np.asarray(frequent, np.int32), int(budget),
-                   tables.codes.shape[0], False, _f32(w), _f32(bias), _f32(h),
-                   int(top_k))[1]
+  frequent = np.asarray(frequent, np.int32)
+  h = _f32(h)
+  wf, bf = block if block is not None else frequent_block(w, bias, frequent)
+  ids, scores = block_topk(h, wf, bf, frequent, top_k)
+  return _retrieve(tables.buckets, tables.offered, _codes(qcodes), frequent,
+                   int(budget), tables.codes.shape[0], False, _f32(w),
+                   _f32(bias), h, int(top_k), ids, scores)[1]
+
+
+def frequent_block(w: np.ndarray, bias: np.ndarray, frequent: np.ndarray):
+  """The frequent neurons' rows `(F, D)` and biases `(F,)`, contiguous, so
+  that their scores are one matrix product."""
+  return (np.ascontiguousarray(w[frequent], np.float32),
+          np.ascontiguousarray(bias[frequent], np.float32))
+
+
+def block_topk(h: np.ndarray, wf: np.ndarray, bf: np.ndarray,
+               ids: np.ndarray, top_k: int, chunk: int = 4096):
+  """Top-k of the scores `h @ wf.T + bf` over the rows of a block.
+
+  The product runs over `chunk` rows at a time, each reduced to its top-k
+  at once (the whole `(B, F)` score matrix would not stay in cache).
+
+  Returns:
+    `(ids (B, top_k) int32, scores (B, top_k) float32)`, best first; -1 and
+    -inf where the block has fewer than `top_k` rows.
+  """
+  b = len(h)
+  best_ids = np.full((b, top_k), -1, np.int32)
+  best = np.full((b, top_k), -np.inf, np.float32)
+  for start in range(0, len(wf), chunk):
+    s = h @ wf[start:start + chunk].T
+    s += bf[start:start + chunk]
+    k = min(top_k, s.shape[1])
+    if k == 1:
+      pos = s.argmax(1)[:, None]
+    else:
+      pos = np.argpartition(-s, k - 1, axis=1)[:, :k]
+    cand = np.concatenate([best, np.take_along_axis(s, pos, 1)], 1)
+    cand_ids = np.concatenate([best_ids, ids[start + pos]], 1)
+    # Stable: on equal scores the earlier (higher-bias) row stays first.
+    keep = np.argsort(-cand, axis=1, kind="stable")[:, :top_k]
+    best = np.take_along_axis(cand, keep, 1)
+    best_ids = np.take_along_axis(cand_ids, keep, 1)
+  return best_ids, best
 
 
 def _codes(qcodes):
@@ -276,7 +337,8 @@ def calibrate_budget(cands: np.ndarray, target: np.ndarray,
     target_recall: in (0, 1].
 
   Returns:
-    A budget in [1, K]; K when even all K candidates fall short.
+    A budget in [0, K] (0 when no example needs any candidate); K when
+    even all K candidates fall short.
   """
   k = cands.shape[1]
   hit = cands == target[:, None]
@@ -284,5 +346,55 @@ def calibrate_budget(cands: np.ndarray, target: np.ndarray,
   rank = np.where(found, hit.argmax(-1) + 1, k + 1)
   need = int(np.ceil(target_recall * len(rank)))
   if need == 0:
-    return 1
+    return 0
   return int(min(np.sort(rank)[need - 1], k))
+
+
+class Setting(NamedTuple):
+  """What calibration chose: `frequent` neurons always scored, `budget`
+  voted candidates beyond them, and the recall of the dense top-1 of the
+  calibration examples at that setting."""
+  frequent: int
+  budget: int
+  recall: float
+
+
+def choose_setting(cands_by_frequent: dict, target: np.ndarray,
+                   target_recall: float, candidate_cost: float,
+                   budget: Optional[int] = None,
+                   vote_cost: float = 0.0) -> Setting:
+  """The cheapest (frequent count, budget) that reaches `target_recall`.
+
+  Args:
+    cands_by_frequent: `{F: (B, F + C) candidates}` (from `candidates` at
+      frequent count F and the largest budget allowed, C).
+    target: `(B,)` each example's dense top-1.
+    target_recall: in (0, 1].
+    candidate_cost: what a voted candidate costs, in frequent neurons
+      (a voted one is a gathered row and a dot product; the frequent ones
+      are one matrix product over contiguous rows).
+    budget: a fixed budget (only the frequent count is chosen); None =
+      the smallest that reaches the target at each frequent count.
+    vote_cost: what collecting an example's votes costs, in frequent
+      neurons (paid only when the budget is above 0: with budget 0 the
+      tables are not read).
+
+  Returns:
+    The setting of least `F + candidate_cost * budget + vote_cost *
+    (budget > 0)` among those that reach the target recall; when none
+    does, the one of highest recall.
+  """
+  best = None
+  fixed = budget
+  for f, cands in sorted(cands_by_frequent.items()):
+    if fixed is None:
+      budget = max(calibrate_budget(cands, target, target_recall) - f, 0)
+    else:
+      budget = min(fixed, cands.shape[1] - f)
+    recall = recall_at(cands[:, :f + budget], target)
+    reached = recall >= target_recall
+    cost = f + candidate_cost * budget + (vote_cost if budget else 0.0)
+    key = (not reached, -recall if not reached else 0.0, cost)
+    if best is None or key < best[0]:
+      best = (key, Setting(int(f), int(budget), recall))
+  return best[1]

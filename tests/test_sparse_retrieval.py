@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sparse import autotune
 from sparse import lsh
 from sparse import model as model_lib
 from sparse import retrieval
@@ -49,47 +50,105 @@ def test_recall_grows_with_budget(trained):
   index = m._index  # pylint: disable=protected-access
   top1 = m.predict(x, top_k=1)[:, 0]
   recalls = []
-  full = index.candidates(jnp.asarray(h), w, b, cfg, 300)
-  for budget in (4, 16, 64, 300):
-    c = index.candidates(jnp.asarray(h), w, b, cfg, budget)
+  full = index.candidates(jnp.asarray(h), w, b, cfg, 4, 296)
+  assert full.shape == (256, 300)
+  # Every neuron is a candidate once the budget covers all N.
+  assert (np.sort(full, 1) == np.arange(300)).all()
+  for budget in (4, 16, 64, 296):
+    c = index.candidates(jnp.asarray(h), w, b, cfg, 4, budget)
     # Candidates come best first: a smaller budget keeps a prefix.
-    np.testing.assert_array_equal(c, full[:, :budget])
+    np.testing.assert_array_equal(c, full[:, :4 + budget])
     recalls.append(retrieval.recall_at(c, top1))
   assert all(a <= b for a, b in zip(recalls, recalls[1:])), recalls
-  assert recalls[0] < recalls[-1]
+  assert recalls[0] < recalls[-1] == 1.0
   m.inference = cfg._replace(budget=64)
   assert m.lsh_recall(x) == pytest.approx(recalls[2])
   m.inference = retrieval.InferenceConfig()
   # Calibration picks the smallest budget that reaches the target.
-  b = retrieval.calibrate_budget(full, top1, recalls[2])
-  assert b <= 64 and retrieval.recall_at(full[:, :b], top1) >= recalls[2]
-  assert retrieval.recall_at(full[:, :b - 1], top1) < recalls[2]
+  s = retrieval.choose_setting({4: full}, top1, recalls[2], 8.0)
+  assert s.frequent == 4 and s.budget <= 64 and s.recall >= recalls[2]
+  assert retrieval.recall_at(full[:, :4 + s.budget - 1], top1) < recalls[2]
+
+
+def test_calibration_chooses_the_cheapest_setting():
+  # Example i's dense top-1 is neuron i; the frequent set {0, 1} covers
+  # examples 0 and 1; without it, their targets sit deep in the votes.
+  target = np.arange(4, dtype=np.int32)
+  no_freq = np.array([[9, 8, 7, 0], [9, 8, 7, 1], [2, 9, 8, 7],
+                      [3, 9, 8, 7]], np.int32)
+  with_freq = np.array([[0, 1, 9, 8], [0, 1, 9, 8], [0, 1, 2, 9],
+                        [0, 1, 3, 9]], np.int32)
+  cands = {0: no_freq, 2: with_freq}
+  # Recall 1: F=0 needs budget 4 (cost 4c), F=2 needs budget 1 (2 + c).
+  s = retrieval.choose_setting(cands, target, 1.0, candidate_cost=8.0)
+  assert (s.frequent, s.budget, s.recall) == (2, 1, 1.0)
+  # Recall 0.5: F=0 with budget 1 (cost c) against F=2 with budget 0 (2).
+  assert retrieval.choose_setting(cands, target, 0.5, 8.0)[:2] == (2, 0)
+  assert retrieval.choose_setting(cands, target, 0.5, 1.0)[:2] == (0, 1)
+  # A fixed budget: only the frequent count is chosen.
+  s = retrieval.choose_setting(cands, target, 1.0, 8.0, budget=1)
+  assert (s.frequent, s.budget) == (2, 1)
+  # Unreachable: the highest recall wins.
+  s = retrieval.choose_setting({0: no_freq[:, :1]}, target, 1.0, 8.0)
+  assert s.recall == 0.5 and s.budget == 1
 
 
 def test_calibrate_sets_the_budget(trained):
   m, d = trained
   m.inference = retrieval.InferenceConfig(max_budget=64)
   out = m.calibrate(d.x_train.take(np.arange(200)), target_recall=0.5)
-  assert 1 <= out["budget"] <= 64
+  assert 0 <= out["budget"] <= 64 and out["recall"] >= 0.5
+  assert out["frequent"] in autotune.frequent_sizes(300)
   assert m.lsh_budget() == out["budget"]
+  assert m.lsh_setting().frequent == out["frequent"]
   assert m.predict(d.x_test, top_k=3, mode="lsh").shape == (256, 3)
+  # A frequent count given is kept.
+  m.inference = retrieval.InferenceConfig(max_budget=64, frequent=7)
+  assert m.calibrate(d.x_train.take(np.arange(200)))["frequent"] == 7
   m.inference = retrieval.InferenceConfig()
 
 
 def test_candidates_rank_frequent_then_votes():
   # Two tables, 4 buckets, reservoir 3; neuron 5 shares the query's bucket
-  # in both tables, neurons 1 and 2 in one each.
+  # in both tables, neurons 2 and 3 in one each; 0 is frequent.
   codes = np.array([[0, 0], [1, 1], [2, 3], [3, 2], [1, 3], [2, 2]],
                    np.int32)
   t = tables_lib.build(codes, 4, 3)
   q = np.array([[[2, 2]]], np.int32).transpose(0, 2, 1)   # (1, L=2, P=1)
-  c = retrieval.candidates(t, q, np.array([0], np.int32), 4)
-  assert c[0, 0] == 0 and c[0, 1] == 5
+  c = retrieval.candidates(t, q, np.array([0], np.int32), 3)
+  assert c.shape == (1, 4) and c[0, 0] == 0 and c[0, 1] == 5
   assert sorted(c[0, 2:].tolist()) == [2, 3]
-  top = retrieval.retrieve_topk(
-      t, q, np.array([0], np.int32), 4, np.eye(6, 2, dtype=np.float32),
-      np.arange(6, dtype=np.float32), np.ones((1, 2), np.float32), 2)
+  # Past the neurons hit, the rest follow in id order (budget N - F:
+  # every neuron).
+  np.testing.assert_array_equal(
+      retrieval.candidates(t, q, np.array([0], np.int32), 5)[0, 4:], [1, 4])
+  # Scores w . h + b = j + (1 for j = 0, 1): the best candidates by score
+  # (4 is not one at budget 3).
+  w = np.eye(6, 2, dtype=np.float32)
+  bias, h = np.arange(6, dtype=np.float32), np.ones((1, 2), np.float32)
+  top = retrieval.retrieve_topk(t, q, np.array([0], np.int32), 3, w, bias,
+                                h, 2)
   np.testing.assert_array_equal(top, [[5, 3]])
+  # Budget 0: only the frequent neurons, scored as a block product.
+  freq = np.array([1, 0], np.int32)
+  top = retrieval.retrieve_topk(t, q, freq, 0, w, bias, h, 2,
+                                retrieval.frequent_block(w, bias, freq))
+  np.testing.assert_array_equal(top, [[1, 0]])
+
+
+def test_block_topk_equals_a_full_sort_across_chunks():
+  rng = np.random.default_rng(0)
+  h = rng.normal(size=(9, 5)).astype(np.float32)
+  wf = rng.normal(size=(23, 5)).astype(np.float32)
+  bf = rng.normal(size=23).astype(np.float32)
+  ids = rng.permutation(100)[:23].astype(np.int32)
+  want = ids[np.argsort(-(h @ wf.T + bf), axis=1)]
+  for k in (1, 4, 23, 25):
+    got, scores = retrieval.block_topk(h, wf, bf, ids, k, chunk=6)
+    np.testing.assert_array_equal(got[:, :min(k, 23)], want[:, :k])
+    assert (np.diff(scores[:, :min(k, 23)], axis=1) <= 0).all()
+    if k > 23:
+      assert (got[:, 23:] == -1).all() and np.isneginf(scores[:, 23:]).all()
 
 
 @pytest.mark.parametrize("family", ["dwta", "srp"])
@@ -110,7 +169,7 @@ def test_bad_inference_input_raises(trained):
     m.predict(d.x_test, mode="fast")
   with pytest.raises(InputError):
     m.predict(d.x_test, mode="lsh",
-              inference=retrieval.InferenceConfig(budget=0))
+              inference=retrieval.InferenceConfig(budget=-1))
   with pytest.raises(InputError):
     m.predict(d.x_test, mode="lsh", inference={"target_recall": 1.5})
 
@@ -125,7 +184,8 @@ def test_experiment_reports_lsh_inference(tmp_path):
   rec = experiment.run(cfg, str(tmp_path))[-1]
   assert {"p@1", "p@1_lsh", "lsh_recall", "lsh_budget",
           "lsh_inference_seconds"} <= set(rec)
-  assert 0.0 <= rec["lsh_recall"] <= 1.0 and rec["lsh_budget"] >= 1
+  assert 0.0 <= rec["lsh_recall"] <= 1.0 and rec["lsh_budget"] >= 0
+  assert rec["lsh_frequent"] in autotune.frequent_sizes(400)
   cfg.eval.lsh_probes = -1
   with pytest.raises(InputError):
     experiment.run(cfg, str(tmp_path))
