@@ -103,11 +103,12 @@ def tune_index(n: int, occupancy: int = 16, num_tables: int = 200
 
 
 # What LSH inference's steps cost per example, in rows of the frequent
-# block's matrix product (contiguous rows, BLAS; 1.1 us per row for a
-# batch of 256), measured on a trained N=670,091, D=256 model on 2 cores
-# (`/tmp`-free script in BENCHMARKS.md, "Inference"): a voted candidate
-# (a gathered row and a dot product) 13-26 us per batch, a table entry
-# read while collecting the votes (probe codes included) about 3 us.
+# block's matrix product (contiguous rows, BLAS; about 1.1 us per row for
+# a batch of 256), measured once on an N=670,091, D=256 model trained on
+# 100,000 examples, on this 2-core machine (BENCHMARKS.md, sparse_layer,
+# "The frequent neurons as a block"): a voted candidate (a gathered row
+# and a dot product) 13-26 us per batch, a table entry read while
+# collecting the votes (probe codes included) about 3 us.
 CANDIDATE_COST = 16.0
 HIT_COST = 3.0
 
@@ -122,8 +123,8 @@ def vote_cost(n: int, tuning: LayerTuning, probes: int) -> float:
 
 def frequent_sizes(n: int) -> List[int]:
   """The frequent counts LSH calibration tries for an output of `n`: 0,
-  32, and N/2^k for k = 4..10 (the block product costs F/N of dense
-  scoring, so N/16 bounds it near a 16th)."""
+  32, and N/2^k for k = 0..10. F = N is dense scoring as a block, the
+  setting of last resort: it always reaches the target recall."""
   sizes = {0, min(32, n)}
-  sizes.update(-(-n // 2**k) for k in range(4, 11))
+  sizes.update(-(-n // 2**k) for k in range(11))
   return sorted(sizes)

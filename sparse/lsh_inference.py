@@ -68,6 +68,20 @@ class OutputIndex:
     return retrieval.candidates(lsh.tables, self._probe(h, cfg),
                                 self.frequent(frequent), budget)
 
+  def voted(self, h, w, b, cfg: retrieval.InferenceConfig, frequent: int,
+            budget: int) -> np.ndarray:
+    """`(B, budget)` voted candidates of the rows of `h`, best first,
+    leaving out the `frequent` highest-bias neurons."""
+    lsh = self.ready(w, b, cfg)
+    return retrieval.voted(lsh.tables, self._probe(h, cfg),
+                           self.frequent(frequent), budget)
+
+  def rank_by_bias(self) -> np.ndarray:
+    """Each neuron's place by decreasing bias (after `ready`)."""
+    rank = np.empty(len(self.by_bias), np.int64)
+    rank[self.by_bias] = np.arange(len(self.by_bias))
+    return rank
+
   def topk(self, h, w, b, cfg: retrieval.InferenceConfig, frequent: int,
            budget: int, top_k: int) -> np.ndarray:
     """`(B, top_k)` best candidates by their exact scores; the frequent

@@ -272,22 +272,22 @@ class Model:
       cfg = retrieval.InferenceConfig(**cfg)
     return retrieval.check_config(cfg)
 
-  def _candidates_and_dense(self, x, cfg, sizes, budget, batch_size):
-    """LSH candidates `{F: (n, F + budget)}` at each frequent count F of
-    `sizes`, and the dense top-1 `(n,)`, of the examples `x`."""
+  def _voted_and_dense(self, x, cfg, sizes, budget, batch_size):
+    """Voted candidates `{F: (n, budget)}` at each frequent count F of
+    `sizes` (the F highest-bias neurons left out), and the dense top-1
+    `(n,)`, of the examples `x`."""
     w, b = self._out_weights()
-    cands, dense = {f: [] for f in sizes}, []
+    voted, dense = {f: [] for f in sizes}, []
     for ib, idx in self._batches(x, batch_size):
       h = self._last_hidden(ib)
       top = np.asarray(self._dense_topk(self.state["params"], h, 1))[:, 0]
       dense.append(top[:len(idx)])
       for f in sizes:
-        c = self._index.candidates(h, w, b, cfg, f, budget)
-        cands[f].append(c[:len(idx)])
+        voted[f].append(self._index.voted(h, w, b, cfg, f, budget)[:len(idx)])
     if not dense:
-      return {f: np.zeros((0, f + budget), np.int32) for f in sizes}, \
+      return {f: np.zeros((0, 0), np.int32) for f in sizes}, \
           np.zeros(0, np.int32)
-    return {f: np.concatenate(c) for f, c in cands.items()}, \
+    return {f: np.concatenate(v) for f, v in voted.items()}, \
         np.concatenate(dense)
 
   def calibrate(self, x, target_recall: Optional[float] = None,
@@ -315,10 +315,10 @@ class Model:
     sizes = ([min(cfg.frequent, n)] if cfg.frequent is not None
              else autotune.frequent_sizes(n))
     lsh = self._index.ready(*self._out_weights(), cfg)
-    cands, dense = self._candidates_and_dense(x, cfg, sizes, cap,
-                                              batch_size)
+    voted, dense = self._voted_and_dense(x, cfg, sizes, cap, batch_size)
     setting = retrieval.choose_setting(
-        cands, dense, cfg.target_recall, autotune.CANDIDATE_COST, cfg.budget,
+        voted, dense, self._index.rank_by_bias()[dense], cfg.target_recall,
+        autotune.CANDIDATE_COST, cfg.budget,
         autotune.vote_cost(n, lsh.tuning, cfg.probes))
     # Kept for predictions under the config given (`key`).
     self._index.calibrated = (key, setting)
@@ -353,9 +353,13 @@ class Model:
     x = data_lib.as_inputs(x, self.input_dim)
     cfg = self._inference_config(inference)
     s = self.lsh_setting(x, cfg)
-    cands, dense = self._candidates_and_dense(x, cfg, [s.frequent],
-                                              s.budget, batch_size)
-    return retrieval.recall_at(cands[s.frequent], dense)
+    voted, dense = self._voted_and_dense(x, cfg, [s.frequent], s.budget,
+                                         batch_size)
+    if not len(dense):
+      return float("nan")
+    frequent = self._index.rank_by_bias()[dense] < s.frequent
+    return float((frequent | (voted[s.frequent] == dense[:, None]).any(-1)
+                  ).mean())
 
   def _batches(self, x, batch_size):
     for start in range(0, len(x), batch_size):

@@ -238,13 +238,20 @@ def candidates(tables, qcodes: np.ndarray, frequent: np.ndarray,
     `(B, F + min(budget, N - F))` int32 neuron ids.
   """
   frequent = np.asarray(frequent, np.int32)
-  none = np.zeros((1, 1), np.float32)
-  voted = _retrieve(tables.buckets, tables.offered, _codes(qcodes),
-                    frequent, int(budget), tables.codes.shape[0], True,
-                    none, none[0], none, 0, np.zeros((1, 1), np.int32),
-                    none)[0]
+  v = voted(tables, qcodes, frequent, budget)
   return np.concatenate(
-      [np.broadcast_to(frequent, (len(voted), len(frequent))), voted], 1)
+      [np.broadcast_to(frequent, (len(v), len(frequent))), v], 1)
+
+
+def voted(tables, qcodes: np.ndarray, frequent: np.ndarray,
+          budget: int) -> np.ndarray:
+  """The voted candidates alone (`candidates` without the frequent ones):
+  `(B, min(budget, N - F))` int32, most votes first."""
+  none = np.zeros((1, 1), np.float32)
+  return _retrieve(tables.buckets, tables.offered, _codes(qcodes),
+                   np.asarray(frequent, np.int32), int(budget),
+                   tables.codes.shape[0], True, none, none[0], none, 0,
+                   np.zeros((1, 1), np.int32), none)[0]
 
 
 def retrieve_topk(tables, qcodes: np.ndarray, frequent: np.ndarray,
@@ -326,30 +333,6 @@ def recall_at(cands: np.ndarray, target: np.ndarray) -> float:
   return float((cands == target[:, None]).any(-1).mean())
 
 
-def calibrate_budget(cands: np.ndarray, target: np.ndarray,
-                     target_recall: float) -> int:
-  """The smallest budget whose recall of `target` reaches `target_recall`.
-
-  Args:
-    cands: `(B, K)` candidates, best first (from `candidates` at the
-      largest budget allowed).
-    target: `(B,)` each example's dense top-1.
-    target_recall: in (0, 1].
-
-  Returns:
-    A budget in [0, K] (0 when no example needs any candidate); K when
-    even all K candidates fall short.
-  """
-  k = cands.shape[1]
-  hit = cands == target[:, None]
-  found = hit.any(-1)
-  rank = np.where(found, hit.argmax(-1) + 1, k + 1)
-  need = int(np.ceil(target_recall * len(rank)))
-  if need == 0:
-    return 0
-  return int(min(np.sort(rank)[need - 1], k))
-
-
 class Setting(NamedTuple):
   """What calibration chose: `frequent` neurons always scored, `budget`
   voted candidates beyond them, and the recall of the dense top-1 of the
@@ -359,16 +342,18 @@ class Setting(NamedTuple):
   recall: float
 
 
-def choose_setting(cands_by_frequent: dict, target: np.ndarray,
-                   target_recall: float, candidate_cost: float,
-                   budget: Optional[int] = None,
+def choose_setting(voted_by_frequent: dict, target: np.ndarray,
+                   target_rank: np.ndarray, target_recall: float,
+                   candidate_cost: float, budget: Optional[int] = None,
                    vote_cost: float = 0.0) -> Setting:
   """The cheapest (frequent count, budget) that reaches `target_recall`.
 
   Args:
-    cands_by_frequent: `{F: (B, F + C) candidates}` (from `candidates` at
-      frequent count F and the largest budget allowed, C).
+    voted_by_frequent: `{F: (B, C) voted candidates}` (from `voted` with
+      the F highest-bias neurons left out, at the largest budget allowed).
     target: `(B,)` each example's dense top-1.
+    target_rank: `(B,)` where each target ranks by decreasing bias (it is
+      a frequent neuron at count F when below F).
     target_recall: in (0, 1].
     candidate_cost: what a voted candidate costs, in frequent neurons
       (a voted one is a gathered row and a dot product; the frequent ones
@@ -386,13 +371,24 @@ def choose_setting(cands_by_frequent: dict, target: np.ndarray,
   """
   best = None
   fixed = budget
-  for f, cands in sorted(cands_by_frequent.items()):
-    if fixed is None:
-      budget = max(calibrate_budget(cands, target, target_recall) - f, 0)
+  n_ex = len(target)
+  for f, cands in sorted(voted_by_frequent.items()):
+    hit = cands == target[:, None]
+    # Budget each example needs: 0 when its target is frequent, the
+    # target's place among the voted ones + 1, or more than C (never).
+    need = np.full(len(target), cands.shape[1] + 1)
+    if cands.shape[1]:
+      need = np.where(hit.any(-1), hit.argmax(-1) + 1, need)
+    need = np.where(target_rank < f, 0, need)
+    if fixed is not None:
+      budget = min(fixed, cands.shape[1])
+    elif n_ex:
+      k = int(np.ceil(target_recall * n_ex))
+      budget = int(min(np.sort(need)[max(k, 1) - 1], cands.shape[1]))
     else:
-      budget = min(fixed, cands.shape[1] - f)
-    recall = recall_at(cands[:, :f + budget], target)
-    reached = recall >= target_recall
+      budget = 0
+    recall = float((need <= budget).mean()) if n_ex else float("nan")
+    reached = n_ex == 0 or recall >= target_recall
     cost = f + candidate_cost * budget + (vote_cost if budget else 0.0)
     key = (not reached, -recall if not reached else 0.0, cost)
     if best is None or key < best[0]:

@@ -52,3 +52,18 @@ def test_bench_cli_runs_on_a_given_file_and_rejects_bad_names(small_csv, tmp_pat
   missing = run_launch("launch.bench", ["fair_round", f"--data={tmp_path / 'none.csv'}"])
   assert missing.returncode == 2, missing.stderr[-2000:]
   assert missing.stderr.strip().splitlines()[-1].startswith("error:")
+
+
+@pytest.mark.slow
+def test_sparse_layer_bench_quick_reports_every_inference_setting():
+  # `python -m launch.bench sparse_layer --quick` (about 1.5 minutes).
+  done = run_launch("launch.bench", ["sparse_layer", "--quick"])
+  assert done.returncode == 0, done.stderr[-2000:]
+  out = done.stdout
+  last = out.strip().splitlines()[-1]
+  keys = [kv.split("=")[0] for kv in last.split()[1:]]
+  assert keys == ["train_speedup_20k", "infer_speedup_20k", "lsh_p@1_gap",
+                  "lsh_recall_20k", "infer_speedup_5k", "lsh_p@1_gap_5k",
+                  "lsh_recall_5k", "p@1_gap"]
+  for name in ("calibrated", "votes only (F=0)", "F=32 + votes"):
+    assert out.count(f"| {name} |") == 2

@@ -65,31 +65,36 @@ def test_recall_grows_with_budget(trained):
   assert m.lsh_recall(x) == pytest.approx(recalls[2])
   m.inference = retrieval.InferenceConfig()
   # Calibration picks the smallest budget that reaches the target.
-  s = retrieval.choose_setting({4: full}, top1, recalls[2], 8.0)
+  rank = index.rank_by_bias()[top1]
+  s = retrieval.choose_setting({4: full[:, 4:]}, top1, rank, recalls[2], 8.0)
   assert s.frequent == 4 and s.budget <= 64 and s.recall >= recalls[2]
   assert retrieval.recall_at(full[:, :4 + s.budget - 1], top1) < recalls[2]
 
 
 def test_calibration_chooses_the_cheapest_setting():
-  # Example i's dense top-1 is neuron i; the frequent set {0, 1} covers
-  # examples 0 and 1; without it, their targets sit deep in the votes.
+  # Example i's dense top-1 is neuron i; the frequent set {0, 1} (bias
+  # ranks 0 and 1) covers examples 0 and 1; without it, their targets sit
+  # deep in the votes.
   target = np.arange(4, dtype=np.int32)
+  rank = np.array([0, 1, 5, 6])
   no_freq = np.array([[9, 8, 7, 0], [9, 8, 7, 1], [2, 9, 8, 7],
                       [3, 9, 8, 7]], np.int32)
-  with_freq = np.array([[0, 1, 9, 8], [0, 1, 9, 8], [0, 1, 2, 9],
-                        [0, 1, 3, 9]], np.int32)
-  cands = {0: no_freq, 2: with_freq}
+  with_freq = np.array([[9, 8], [9, 8], [2, 9], [3, 9]], np.int32)
+  voted = {0: no_freq, 2: with_freq}
   # Recall 1: F=0 needs budget 4 (cost 4c), F=2 needs budget 1 (2 + c).
-  s = retrieval.choose_setting(cands, target, 1.0, candidate_cost=8.0)
+  s = retrieval.choose_setting(voted, target, rank, 1.0, candidate_cost=8.0)
   assert (s.frequent, s.budget, s.recall) == (2, 1, 1.0)
   # Recall 0.5: F=0 with budget 1 (cost c) against F=2 with budget 0 (2).
-  assert retrieval.choose_setting(cands, target, 0.5, 8.0)[:2] == (2, 0)
-  assert retrieval.choose_setting(cands, target, 0.5, 1.0)[:2] == (0, 1)
+  assert retrieval.choose_setting(voted, target, rank, 0.5, 8.0)[:2] == (2, 0)
+  assert retrieval.choose_setting(voted, target, rank, 0.5, 1.0)[:2] == (0, 1)
+  # The cost of reading the tables at all tips it back to F=2, budget 0.
+  assert retrieval.choose_setting(voted, target, rank, 0.5, 1.0,
+                                  vote_cost=5.0)[:2] == (2, 0)
   # A fixed budget: only the frequent count is chosen.
-  s = retrieval.choose_setting(cands, target, 1.0, 8.0, budget=1)
+  s = retrieval.choose_setting(voted, target, rank, 1.0, 8.0, budget=1)
   assert (s.frequent, s.budget) == (2, 1)
   # Unreachable: the highest recall wins.
-  s = retrieval.choose_setting({0: no_freq[:, :1]}, target, 1.0, 8.0)
+  s = retrieval.choose_setting({0: no_freq[:, :1]}, target, rank, 1.0, 8.0)
   assert s.recall == 0.5 and s.budget == 1
 
 
