@@ -427,6 +427,11 @@ model; "recall" is of the dense top-1 among the candidates.
   together by that cost (`autotune.CANDIDATE_COST`, `HIT_COST`), and
   skips the tables when the block alone reaches the target. Whole LSH
   top-1 at F=41,881, budget 0: 91 ms when the block's scores were one
-  `(256, F)` matrix reduced afterwards, 48 ms when reduced in chunks of
-  4,096 rows (in cache), against 1.06 s for dense scoring.
+  `(256, F)` numpy matrix reduced afterwards, 48 ms when reduced in
+  chunks of 4,096 rows (in cache), against 1.06 s for dense scoring.
+  Timed alternating with dense scoring (as this benchmark times), the
+  numpy block took 107-173 ms (49-64 ms in a row): numpy's BLAS threads
+  and XLA's slowed each other (an earlier run of this benchmark measured
+  5.8x at 670k that way). The block is now products in XLA, chunk by
+  chunk (`lax.map`, top-k per chunk): 57-78 ms alternating in one check.
 """

@@ -37,7 +37,7 @@ class OutputIndex:
     self.lsh: Optional[LayerLSH] = None
     self.rows = None
     self.by_bias = None   # neuron ids by decreasing bias
-    self.block = None     # (F, rows (F, D), biases (F,)) of the frequent
+    self.block = None     # (F, retrieval.Block of the F frequent)
     # (config calibrated under, frequent count, budget), from calibration.
     self.calibrated = None
 
@@ -89,13 +89,13 @@ class OutputIndex:
     lsh = self.ready(w, b, cfg)
     if self.block is None or self.block[0] != frequent:
       self.block = (frequent,
-                    *retrieval.frequent_block(w, b, self.frequent(frequent)))
+                    retrieval.frequent_block(w, b, self.frequent(frequent)))
     # With no voted candidates the tables are not read: no probe codes.
     codes = (self._probe(h, cfg) if budget > 0
              else np.zeros((h.shape[0], 1, 1), np.int32))
     return retrieval.retrieve_topk(lsh.tables, codes,
                                    self.frequent(frequent), budget, w, b,
-                                   np.asarray(h), top_k, self.block[1:])
+                                   h, top_k, self.block[1])
 
   def _probe(self, h, cfg):
     if self.rows == "simple":

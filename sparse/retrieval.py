@@ -15,8 +15,11 @@ host view of the weights (zero-copy from a CPU jax array), fused with the
 vote count so that the candidate lists are never materialised for the
 common case (see BENCHMARKS.md for what was measured).
 """
+import functools
 from typing import NamedTuple, Optional
 
+import jax
+import jax.numpy as jnp
 import numba
 import numpy as np
 
@@ -261,17 +264,20 @@ def retrieve_topk(tables, qcodes: np.ndarray, frequent: np.ndarray,
 
   Args: as `candidates`, and `w` `(N, D)` float32 weights, `bias` `(N,)`,
     `h` `(B, D)` the inputs of the layer, `top_k` answers per example,
-    `block` the frequent neurons' `(rows, biases)` when the caller keeps
-    them (`frequent_block`).
+    `block` the frequent neurons' `Block` when the caller keeps it
+    (`frequent_block` of the same `frequent`).
 
   Returns:
     `(B, top_k)` int32 neuron ids, best first; -1 where fewer than `top_k`
     candidates were retrieved.
   """
   frequent = np.asarray(frequent, np.int32)
+  if block is None:
+    block = frequent_block(w, bias, frequent)
+  ids, scores = block_topk(h, block, top_k)
+  if budget <= 0 or len(frequent) >= tables.codes.shape[0]:
+    return ids   # no voted candidates: the tables are not read
   h = _f32(h)
-  wf, bf = block if block is not None else frequent_block(w, bias, frequent)
-  ids, scores = block_topk(h, wf, bf, frequent, top_k)
   return _retrieve(tables.buckets, tables.offered, _codes(qcodes), frequent,
                    int(budget), tables.codes.shape[0], False, _f32(w),
                    _f32(bias), h, int(top_k), ids, scores)[1]
@@ -284,35 +290,70 @@ def frequent_block(w: np.ndarray, bias: np.ndarray, frequent: np.ndarray):
           np.ascontiguousarray(bias[frequent], np.float32))
 
 
-def block_topk(h: np.ndarray, wf: np.ndarray, bf: np.ndarray,
-               ids: np.ndarray, top_k: int, chunk: int = 4096):
-  """Top-k of the scores `h @ wf.T + bf` over the rows of a block.
+class Block(NamedTuple):
+  """The frequent neurons' rows as `(chunks, chunk, D)` device arrays
+  (padded: rows of -inf bias, id -1), so that their scores are matrix
+  products reduced to a top-k chunk by chunk in XLA, in the thread pool
+  dense scoring uses (numpy's BLAS threads alternating with XLA's slowed
+  both, BENCHMARKS.md)."""
+  rows: jax.Array     # (C, chunk, D)
+  bias: jax.Array     # (C, chunk)
+  ids: jax.Array      # (C, chunk) int32
 
-  The product runs over `chunk` rows at a time, each reduced to its top-k
-  at once (the whole `(B, F)` score matrix would not stay in cache).
+
+def frequent_block(w: np.ndarray, bias: np.ndarray, frequent: np.ndarray,
+                   chunk: int = 4096) -> Block:
+  """The `Block` of the neurons `frequent` of weights `w`, bias `bias`."""
+  f, d = len(frequent), w.shape[1]
+  chunk = max(min(chunk, f), 1)
+  c = -(-f // chunk)
+  rows = np.zeros((c * chunk, d), np.float32)
+  rows[:f] = w[frequent]
+  b = np.full(c * chunk, -np.inf, np.float32)
+  b[:f] = bias[frequent]
+  ids = np.full(c * chunk, -1, np.int32)
+  ids[:f] = frequent
+  return Block(jnp.asarray(rows.reshape(c, chunk, d)),
+               jnp.asarray(b.reshape(c, chunk)),
+               jnp.asarray(ids.reshape(c, chunk)))
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _block_topk(h, block, top_k):
+  k = min(top_k, block.ids.shape[1])
+
+  def chunk_top(args):
+    rows, bias, ids = args
+    vals, pos = jax.lax.top_k(h @ rows.T + bias, k)
+    return vals, ids[pos]
+
+  vals, ids = jax.lax.map(chunk_top, block)               # (C, B, k)
+  vals = jnp.moveaxis(vals, 0, 1).reshape(h.shape[0], -1)
+  ids = jnp.moveaxis(ids, 0, 1).reshape(h.shape[0], -1)
+  if vals.shape[1] < top_k:
+    pad = top_k - vals.shape[1]
+    vals = jnp.pad(vals, ((0, 0), (0, pad)), constant_values=-jnp.inf)
+    ids = jnp.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+  # top_k keeps the earlier entry on ties: chunk order, i.e. higher bias.
+  vals, pos = jax.lax.top_k(vals, top_k)
+  return jnp.take_along_axis(ids, pos, 1), vals
+
+
+def block_topk(h, block: Block, top_k: int):
+  """Top-k of the scores `h @ rows.T + bias` over the rows of a block.
 
   Returns:
-    `(ids (B, top_k) int32, scores (B, top_k) float32)`, best first; -1 and
-    -inf where the block has fewer than `top_k` rows.
+    `(ids (B, top_k) int32, scores (B, top_k) float32)` numpy arrays, best
+    first; -1 and -inf where the block has fewer than `top_k` rows.
   """
-  b = len(h)
-  best_ids = np.full((b, top_k), -1, np.int32)
-  best = np.full((b, top_k), -np.inf, np.float32)
-  for start in range(0, len(wf), chunk):
-    s = h @ wf[start:start + chunk].T
-    s += bf[start:start + chunk]
-    k = min(top_k, s.shape[1])
-    if k == 1:
-      pos = s.argmax(1)[:, None]
-    else:
-      pos = np.argpartition(-s, k - 1, axis=1)[:, :k]
-    cand = np.concatenate([best, np.take_along_axis(s, pos, 1)], 1)
-    cand_ids = np.concatenate([best_ids, ids[start + pos]], 1)
-    # Stable: on equal scores the earlier (higher-bias) row stays first.
-    keep = np.argsort(-cand, axis=1, kind="stable")[:, :top_k]
-    best = np.take_along_axis(cand, keep, 1)
-    best_ids = np.take_along_axis(cand_ids, keep, 1)
-  return best_ids, best
+  if block.ids.size == 0:
+    b = len(h)
+    return (np.full((b, top_k), -1, np.int32),
+            np.full((b, top_k), -np.inf, np.float32))
+  ids, vals = _block_topk(jnp.asarray(h, jnp.float32), block, int(top_k))
+  # Padding rows score -inf: never above a real row, id -1 if reached.
+  ids, vals = np.asarray(ids), np.asarray(vals)
+  return np.where(np.isneginf(vals), -1, ids).astype(np.int32), vals
 
 
 def _codes(qcodes):

@@ -144,16 +144,20 @@ def test_candidates_rank_frequent_then_votes():
 def test_block_topk_equals_a_full_sort_across_chunks():
   rng = np.random.default_rng(0)
   h = rng.normal(size=(9, 5)).astype(np.float32)
-  wf = rng.normal(size=(23, 5)).astype(np.float32)
-  bf = rng.normal(size=23).astype(np.float32)
+  w = rng.normal(size=(100, 5)).astype(np.float32)
+  bias = rng.normal(size=100).astype(np.float32)
   ids = rng.permutation(100)[:23].astype(np.int32)
-  want = ids[np.argsort(-(h @ wf.T + bf), axis=1)]
+  want = ids[np.argsort(-(h @ w[ids].T + bias[ids]), axis=1)]
+  block = retrieval.frequent_block(w, bias, ids, chunk=6)   # 4 chunks
+  assert block.ids.shape == (4, 6)
   for k in (1, 4, 23, 25):
-    got, scores = retrieval.block_topk(h, wf, bf, ids, k, chunk=6)
+    got, scores = retrieval.block_topk(h, block, k)
     np.testing.assert_array_equal(got[:, :min(k, 23)], want[:, :k])
     assert (np.diff(scores[:, :min(k, 23)], axis=1) <= 0).all()
     if k > 23:
       assert (got[:, 23:] == -1).all() and np.isneginf(scores[:, 23:]).all()
+  empty = retrieval.frequent_block(w, bias, np.zeros(0, np.int32))
+  assert (retrieval.block_topk(h, empty, 2)[0] == -1).all()
 
 
 @pytest.mark.parametrize("family", ["dwta", "srp"])
