@@ -103,8 +103,8 @@ def tune_index(n: int, occupancy: int = 16, num_tables: int = 200
 
 
 # What LSH inference's steps cost per example, in rows of the frequent
-# block's matrix product (contiguous rows, BLAS; about 1.1 us per row for
-# a batch of 256), measured once on an N=670,091, D=256 model trained on
+# block's matrix product (about 1.1 us per row for a batch of 256, as a
+# numpy/BLAS product; 41-46 ms for 41,881 rows in XLA), measured once on an N=670,091, D=256 model trained on
 # 100,000 examples, on this 2-core machine (BENCHMARKS.md, sparse_layer,
 # "The frequent neurons as a block"): a voted candidate (a gathered row
 # and a dot product) 13-26 us per batch, a table entry read while

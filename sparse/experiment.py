@@ -110,8 +110,7 @@ def inference_config(ev) -> retrieval.InferenceConfig:
   """The LSH inference knobs of a config's `eval` section."""
   return retrieval.check_config(retrieval.InferenceConfig(
       budget=int(ev.lsh_budget) if ev.lsh_budget >= 0 else None,
-      frequent=(int(ev.lsh_frequent) if ev.get("lsh_frequent", -1) >= 0
-                else None),
+      frequent=int(ev.lsh_frequent) if ev.lsh_frequent >= 0 else None,
       target_recall=float(ev.lsh_target_recall), probes=int(ev.lsh_probes),
       num_tables=int(ev.lsh_tables), rows=str(ev.lsh_rows)))
 

@@ -36,9 +36,9 @@ class OutputIndex:
     """Forgets the tables, blocks and budget (the weights changed)."""
     self.lsh: Optional[LayerLSH] = None
     self.rows = None
-    self.by_bias = None   # neuron ids by decreasing bias
+    self.by_bias = None   # (ids by decreasing bias, each id's place)
     self.block = None     # (F, retrieval.Block of the F frequent)
-    # (config calibrated under, frequent count, budget), from calibration.
+    # (config calibrated under, retrieval.Setting), from calibration.
     self.calibrated = None
 
   def ready(self, w: np.ndarray, b: np.ndarray,
@@ -53,12 +53,12 @@ class OutputIndex:
       self.lsh = LayerLSH("srp", rows.shape[1], want, self.seed)
       self.lsh.rehash(rows)
     if self.by_bias is None:
-      self.by_bias = retrieval.frequent_neurons(b, n)
+      self.by_bias = retrieval.by_bias(b)
     return self.lsh
 
   def frequent(self, count: int) -> np.ndarray:
     """The `count` highest-bias neurons, highest first (after `ready`)."""
-    return self.by_bias[:count]
+    return self.by_bias[0][:count]
 
   def candidates(self, h, w, b, cfg: retrieval.InferenceConfig,
                  frequent: int, budget: int) -> np.ndarray:
@@ -68,19 +68,19 @@ class OutputIndex:
     return retrieval.candidates(lsh.tables, self._probe(h, cfg),
                                 self.frequent(frequent), budget)
 
-  def voted(self, h, w, b, cfg: retrieval.InferenceConfig, frequent: int,
-            budget: int) -> np.ndarray:
-    """`(B, budget)` voted candidates of the rows of `h`, best first,
-    leaving out the `frequent` highest-bias neurons."""
+  def voted(self, h, w, b, cfg: retrieval.InferenceConfig, sizes,
+            budget: int) -> dict:
+    """`{F: (B, budget)}` voted candidates of the rows of `h`, best first,
+    leaving out the F highest-bias neurons, for each F of `sizes` (the
+    probe codes computed once)."""
     lsh = self.ready(w, b, cfg)
-    return retrieval.voted(lsh.tables, self._probe(h, cfg),
-                           self.frequent(frequent), budget)
+    codes = self._probe(h, cfg)
+    return {f: retrieval.voted(lsh.tables, codes, self.frequent(f), budget)
+            for f in sizes}
 
   def rank_by_bias(self) -> np.ndarray:
     """Each neuron's place by decreasing bias (after `ready`)."""
-    rank = np.empty(len(self.by_bias), np.int64)
-    rank[self.by_bias] = np.arange(len(self.by_bias))
-    return rank
+    return self.by_bias[1]
 
   def topk(self, h, w, b, cfg: retrieval.InferenceConfig, frequent: int,
            budget: int, top_k: int) -> np.ndarray:

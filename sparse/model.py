@@ -282,8 +282,8 @@ class Model:
       h = self._last_hidden(ib)
       top = np.asarray(self._dense_topk(self.state["params"], h, 1))[:, 0]
       dense.append(top[:len(idx)])
-      for f in sizes:
-        voted[f].append(self._index.voted(h, w, b, cfg, f, budget)[:len(idx)])
+      for f, v in self._index.voted(h, w, b, cfg, sizes, budget).items():
+        voted[f].append(v[:len(idx)])
     if not dense:
       return {f: np.zeros((0, 0), np.int32) for f in sizes}, \
           np.zeros(0, np.int32)

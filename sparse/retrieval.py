@@ -1,19 +1,19 @@
 """LSH inference: retrieve candidates from the hash tables, score them exactly.
 
-Per example: every neuron in the example's probed buckets (its own bucket
-in each of the `L` tables, and with multi-probe the buckets at the nearest
-neighbouring codes) gets one vote per hit; the candidates are a fixed set
-of `frequent` neurons (highest output bias: the classes seen most in
-training), then the others by decreasing vote count, cut at `budget`. Only
-the candidates are scored, exactly (`w . h + b`), and the top-k of those
-scores is the answer. With `budget >= N` every neuron is a candidate and
-the answer is the dense one.
+Per example, the candidates are the `F` highest-bias neurons (the classes
+seen most in training) and the `budget` others with the most votes: every
+neuron in the example's probed buckets (its own bucket in each of the `L`
+tables, and with multi-probe the buckets at the nearest neighbouring
+codes) gets one vote per hit. Only the candidates are scored, exactly
+(`w . h + b`), and the top-k of those scores is the answer. With `budget >=
+N - F` every neuron is a candidate and the answer is the dense one.
 
-Scoring the candidates of a batch of examples is a gather of `(B, budget)`
-weight rows and a dot product each; the kernels are numba loops over the
-host view of the weights (zero-copy from a CPU jax array), fused with the
-vote count so that the candidate lists are never materialised for the
-common case (see BENCHMARKS.md for what was measured).
+The frequent neurons are scored as a `Block`: matrix products in XLA,
+reduced to a top-k chunk by chunk. The voted ones are a gather of weight
+rows and a dot product each, in numba loops over the host view of the
+weights (zero-copy from a CPU jax array), fused with the vote count so
+that the candidate lists are never materialised for the common case (see
+BENCHMARKS.md for what was measured).
 """
 import functools
 from typing import NamedTuple, Optional
@@ -217,13 +217,13 @@ def _retrieve(buckets, offered, qcodes, frequent, budget, n, keep, w, bias, h,
   return cands, top
 
 
-def frequent_neurons(bias: np.ndarray, count: int) -> np.ndarray:
-  """The `count` neurons of highest bias, highest first, int32."""
-  count = int(min(count, len(bias)))
-  if count == 0:
-    return np.zeros(0, np.int32)
-  idx = np.argpartition(-bias, count - 1)[:count]
-  return idx[np.argsort(-bias[idx], kind="stable")].astype(np.int32)
+def by_bias(bias: np.ndarray):
+  """Neuron ids by decreasing bias (ties by id), int32, and each neuron's
+  place in that order, `(order, rank)`."""
+  order = np.argsort(-np.asarray(bias), kind="stable").astype(np.int32)
+  rank = np.empty(len(order), np.int64)
+  rank[order] = np.arange(len(order))
+  return order, rank
 
 
 def candidates(tables, qcodes: np.ndarray, frequent: np.ndarray,
@@ -281,13 +281,6 @@ def retrieve_topk(tables, qcodes: np.ndarray, frequent: np.ndarray,
   return _retrieve(tables.buckets, tables.offered, _codes(qcodes), frequent,
                    int(budget), tables.codes.shape[0], False, _f32(w),
                    _f32(bias), h, int(top_k), ids, scores)[1]
-
-
-def frequent_block(w: np.ndarray, bias: np.ndarray, frequent: np.ndarray):
-  """The frequent neurons' rows `(F, D)` and biases `(F,)`, contiguous, so
-  that their scores are one matrix product."""
-  return (np.ascontiguousarray(w[frequent], np.float32),
-          np.ascontiguousarray(bias[frequent], np.float32))
 
 
 class Block(NamedTuple):
