@@ -12,6 +12,13 @@ def base_config(arg=None):
   c.model = "neumf"  # gmf mlp neumf
   c.embed_dim = 32
   c.mlp_layers = (64, 32, 16)
+  # Federated models score `model(u, i) + prior(rank of i)`: "popularity"
+  # starts the prior at the training log-popularity curve, held as
+  # `item_prior_knots` floats over log(1 + rank) (a dense param, trained and
+  # averaged like the others; docs/design.md, "A popularity prior"); "none"
+  # is the plain NCF model.
+  c.item_prior = "popularity"
+  c.item_prior_knots = 32
 
   c.data = ml_collections.ConfigDict()
   c.data.name = ""  # ml-100k ml-1m, or "" with data.path
@@ -22,6 +29,10 @@ def base_config(arg=None):
   c.data.test_fraction = 0.2
   c.data.min_rating = 0.0
   c.data.seed = 0  # seeds the split (random split, ties in time)
+  # "popularity": item ids in order of training popularity (item 0 the most
+  # popular), so a device knows an item's rank from its id; "file": the
+  # file's ids in sorted order. The popularity prior needs "popularity".
+  c.data.item_order = "popularity"
 
   c.eval = ml_collections.ConfigDict()
   c.eval.protocol = "sampled"  # sampled full both

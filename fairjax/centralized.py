@@ -10,6 +10,7 @@ import optax
 from fairjax import data as data_lib
 from fairjax import metrics
 from fairjax import models
+from fairjax import scoring
 from fairjax import subspace
 from fairjax.errors import InputError
 
@@ -247,13 +248,9 @@ def train_centralized(config, dataset, evaluate, log, progress):
 
 def popularity(config, dataset, evaluate, log):
   """Ranks items by their number of training interactions (a floor)."""
-  counts = np.bincount(dataset.train_items, minlength=dataset.num_items).astype(np.float32)
   # A tiny deterministic jitter keeps equally popular items from tying.
-  counts += np.random.default_rng(config.seed).uniform(0, 1e-3, counts.shape).astype(np.float32)
-
-  def score(users, items):
-    return counts[np.asarray(items)]
+  counts = scoring.popularity_scores(dataset.train_items, dataset.num_items, config.seed)
   record = {"round": 0}
-  record.update(evaluate(score))
+  record.update(evaluate(scoring.popularity_fn(counts)))
   log(record)
   return record

@@ -15,6 +15,7 @@ from typing import Mapping, NamedTuple, Optional, Sequence, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fairjax import subspace
 from fairjax.errors import InputError
@@ -62,11 +63,17 @@ class NCF(nn.Module):
       item_mlp) for the tables this kind uses; see `table_specs`.
     mlp_layers: widths of the MLP tower's hidden layers.
     item_rank: if set, item tables are low-rank factors of this rank.
+    prior: if set, the initial knots of a popularity prior (see
+      `popularity_prior`): the logit gains `interp(log(1 + i), xs, knots)`
+      with `knots` a trained param of this many floats and `xs` evenly
+      spaced over [0, log(num_items)]. Item ids must be popularity ranks
+      (`fairjax.data.by_popularity`).
   """
   kind: str
   tables: Tuple[Tuple[str, subspace.TableSpec], ...]  # hashable: jit-static
   mlp_layers: Sequence[int] = (64, 32, 16)
   item_rank: Optional[int] = None
+  prior: Tuple[float, ...] = ()
 
   @nn.compact
   def __call__(self, users, items, seeds=None):
@@ -96,7 +103,60 @@ class NCF(nn.Module):
                              name=f"mlp_{i}")(x))
       parts.append(x)
     x = jnp.concatenate(parts, axis=-1)
-    return nn.Dense(1, kernel_init=nn.initializers.lecun_uniform(), name="head")(x)[..., 0]
+    logits = nn.Dense(1, kernel_init=nn.initializers.lecun_uniform(), name="head")(x)[..., 0]
+    if self.prior:
+      knots = self.param("prior", lambda _, shape: jnp.asarray(self.prior, jnp.float32),
+                         (len(self.prior),))
+      logits = logits + prior_at(knots, tables[table_names(self.kind)[1]].rows, items)
+    return logits
+
+
+def prior_xs(num_items, num_knots):
+  """Where the prior's knots sit: evenly over log(1 + rank), rank in [0, n - 1]."""
+  return jnp.linspace(0.0, jnp.log(float(max(num_items, 2))), num_knots)
+
+
+def prior_at(knots, num_items, items):
+  """The prior of items (ids = popularity ranks): knots interpolated over log(1 + id)."""
+  x = jnp.log1p(jnp.asarray(items).astype(jnp.float32))
+  return jnp.interp(x, prior_xs(num_items, knots.shape[0]), knots)
+
+
+def popularity_prior(train_items, num_items, num_knots=32, num_negatives=1):
+  """Initial knots: the item-only logit that fits the training popularity.
+
+  With items numbered by popularity (`fairjax.data.by_popularity`) the
+  counts fall with the id, so the interpolated prior ranks items as the
+  popularity baseline does (ties aside), from `num_knots` floats a device
+  holds instead of one count per item. The knots start at the logit that
+  minimises BCE for an item-only model when positives are drawn by
+  popularity and `num_negatives` negatives uniformly:
+  `log(p_pos(i) / p_neg(i)) - log(num_negatives)`, with `p_pos(i)` the
+  count of item i plus one, normalised.
+
+  Args:
+    train_items: int array of training items (ids = popularity ranks).
+    num_items: catalogue size.
+    num_knots: knots of the curve (>= 2).
+    num_negatives: negatives per positive in the clients' loss.
+
+  Returns:
+    tuple of `num_knots` floats (hashable: a static model attribute).
+  """
+  if int(num_knots) < 2:
+    raise InputError(f"item_prior_knots: must be at least 2, got {num_knots}")
+  counts = np.bincount(np.asarray(train_items), minlength=num_items).astype(np.float64)
+  if np.any(np.diff(counts) > 0):
+    raise InputError("item_prior: item ids are not in order of popularity; "
+                     "set data.item_order=popularity")
+  xs = np.asarray(prior_xs(num_items, int(num_knots)), np.float64)
+  ranks = np.clip(np.expm1(xs), 0, num_items - 1)
+  # Linear interpolation between the neighbouring ranks.
+  lo = np.floor(ranks).astype(int)
+  hi = np.minimum(lo + 1, num_items - 1)
+  frac = ranks - lo
+  y = np.log((counts + 1) / (counts + 1).mean()) - np.log(max(int(num_negatives), 1))
+  return tuple(float(v) for v in (1 - frac) * y[lo] + frac * y[hi])
 
 
 class ModelDef(NamedTuple):
@@ -158,7 +218,7 @@ def table_specs(kind, num_users, num_items, embed_dim,
 
 def make_model(kind, num_users, num_items, embed_dim, mlp_layers=(64, 32, 16),
                item_sizes=None, seeds=None, *, cols=None, item_rank=None,
-               mlp_dim=None) -> ModelDef:
+               mlp_dim=None, prior=()) -> ModelDef:
   """Builds an NCF model definition, validating its hyper-parameters.
 
   Args:
@@ -177,6 +237,8 @@ def make_model(kind, num_users, num_items, embed_dim, mlp_layers=(64, 32, 16),
     mlp_dim: if set, the width of the MLP tables (user_mlp, item_mlp) instead
       of `embed_dim`, as in the NCF paper's NeuMF (centralized training only;
       not combined with `cols`).
+    prior: initial knots of the popularity prior (`popularity_prior`), or ()
+      for none.
 
   Returns:
     A ModelDef.
@@ -198,7 +260,8 @@ def make_model(kind, num_users, num_items, embed_dim, mlp_layers=(64, 32, 16),
     mlp_dim = int(mlp_dim)
   tables = table_specs(kind, num_users, num_items, width, item_sizes, seeds, mlp_dim)
   module = NCF(kind=kind, tables=tuple(tables.items()), mlp_layers=tuple(int(w) for w in mlp_layers),
-               item_rank=None if item_rank is None else int(item_rank))
+               item_rank=None if item_rank is None else int(item_rank),
+               prior=tuple(float(k) for k in prior))
   return ModelDef(module)
 
 

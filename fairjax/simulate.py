@@ -63,6 +63,11 @@ class Simulation:
     self.levels = capacity.parse_capacities(config.capacities)
     self.user_level = capacity.assign_levels(dataset.num_users, self.levels, config.seed)
     self.kind = config.model
+    # The popularity prior's initial knots (models.popularity_prior), or ().
+    self.prior = (models.popularity_prior(dataset.train_items, dataset.num_items,
+                                          int(config.get("item_prior_knots", 32)),
+                                          int(c.num_negatives))
+                  if config.get("item_prior", "none") == "popularity" else ())
     self.full_model = self._model(1)
     self.shapes = {p: (dataset.num_items, int(config.embed_dim))
                    for p in models.item_table_paths(self.kind)}
@@ -108,12 +113,14 @@ class Simulation:
         self.algorithm, self.local_opt, self.local_cfg, self.server_opt, self.screen,
         self.mesh, [self.group_size(lv) for lv in range(len(self.per_level))],
         self.table_names)
-    self.scorer = scoring.Scorer(self.algorithm, self.table_names)
+    self.scorer = scoring.Scorer(
+        self.algorithm, self.table_names,
+        scoring.popularity_scores(dataset.train_items, dataset.num_items, config.seed))
 
   def _model(self, num_users, item_sizes=None, seeds=None, **kwargs):
     return models.make_model(self.kind, num_users, self.dataset.num_items,
                              self.config.embed_dim, tuple(self.config.mlp_layers),
-                             item_sizes, seeds, **kwargs)
+                             item_sizes, seeds, prior=self.prior, **kwargs)
 
   def client_seeds(self, users, rnd=0):
     """Each client's table seeds [K, tables] in round rnd."""
@@ -202,10 +209,24 @@ class Simulation:
     return accounting.level_bytes(self.algorithm.levels[lv], shapes, self.algorithm.seeds(0),
                                   self.kind)
 
-  def score_fns(self, state):
-    """One scoring function per level: its model, the users' own embeddings."""
+  def score_fns(self, state, excluded="popularity"):
+    """One scoring function per level: its model, the users' own embeddings.
+
+    Users of a level the algorithm excludes get the popularity ranking
+    (`excluded="popularity"`) or the global model (`"global"`); see
+    `fairjax.scoring`.
+    """
     # Score on one device, not on every one of the mesh.
-    return self.scorer.score_fns(sharding.local(state))
+    return self.scorer.score_fns(sharding.local(state), excluded)
+
+  def evaluate(self, evaluate, state):
+    """The metrics of `state`: memory-respecting, plus `global_view/` keys if a level is excluded."""
+    names = self.levels.names
+    out = evaluate(self.score_fns(state), self.user_level, names)
+    if self.scorer.excludes:
+      old = evaluate(self.score_fns(state, "global"), self.user_level, names)
+      out.update({f"global_view/{k}": v for k, v in old.items()})
+    return out
 
 
 def run(config, dataset, evaluate, workdir, progress):
@@ -257,7 +278,7 @@ def run(config, dataset, evaluate, workdir, progress):
                 "time/round_seconds": (time.time() - round_start) / max(1, rnd - last_eval)}
       record.update(static)
       t0 = time.time()
-      record.update(evaluate(sim.score_fns(state), sim.user_level, names))
+      record.update(sim.evaluate(evaluate, state))
       record["time/eval_seconds"] = time.time() - t0
       if is_last:
         record["final"] = True

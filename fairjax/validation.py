@@ -11,6 +11,7 @@ from fairjax import metrics
 from fairjax.errors import InputError
 
 EXECUTIONS = ("vmap", "scan")
+PRIORS = ("popularity", "none")
 
 
 def validate(config):
@@ -70,6 +71,16 @@ def _federated(config):
   if c.poison not in sampling.POISONS:
     raise InputError(f"client.poison: unknown mode {c.poison!r}; choose one of "
                      f"{', '.join(repr(p) for p in sampling.POISONS)}")
+  prior = config.get("item_prior", "none")
+  if prior not in PRIORS:
+    raise InputError(f"item_prior: unknown prior {prior!r}; choose one of {', '.join(PRIORS)}")
+  if prior != "none":
+    knots = config.get("item_prior_knots", 32)
+    if not isinstance(knots, int) or isinstance(knots, bool) or knots < 2:
+      raise InputError(f"item_prior_knots: must be an integer >= 2, got {knots!r}")
+    if config.data.get("item_order", "popularity") != "popularity":
+      raise InputError(f"item_prior={prior} reads an item's popularity rank from its id: "
+                       "set data.item_order=popularity (or item_prior=none)")
   fair = config.fair
   if fair.aggregate not in base.AGGREGATES:
     raise InputError(f"fair.aggregate: unknown mode {fair.aggregate!r}; choose one "

@@ -24,7 +24,9 @@ from fairjax.data.readers import FORMATS
 from fairjax.data.readers import RawInteractions
 from fairjax.data.readers import read_interactions
 from fairjax.data.readers import sniff_format
+from fairjax.data.splits import by_popularity
 from fairjax.data.splits import Dataset
+from fairjax.data.splits import ITEM_ORDERS
 from fairjax.data.splits import from_train_test
 from fairjax.data.splits import keep_positives
 from fairjax.data.splits import leave_one_out
@@ -48,7 +50,9 @@ def load(data_config) -> Dataset:
       fixes its own split), `test_fraction` (0.2, for
       "random"), `min_rating` (0 keeps every interaction; otherwise those
       rated at least this are the positives) and `seed` (0). Missing fields
-      take these defaults.
+      take these defaults; `item_order` ("popularity": item 0 is the most
+      popular in training, see `by_popularity`; "file": ids in sorted
+      order of the file's ids).
 
   Returns:
     The re-indexed `Dataset`.
@@ -56,6 +60,16 @@ def load(data_config) -> Dataset:
   Raises:
     InputError: the config is inconsistent or a file is bad.
   """
+  order = data_config.get("item_order", "popularity")
+  if order not in ITEM_ORDERS:
+    raise InputError(f"data.item_order={order!r} is unknown; choose one of "
+                     f"{', '.join(ITEM_ORDERS)}")
+  dataset = _load(data_config)
+  return by_popularity(dataset) if order == "popularity" else dataset
+
+
+def _load(data_config) -> Dataset:
+  """`load` before the items are put in `item_order`."""
   get = data_config.get
   name = get("name", "") or ""
   path = get("path", "") or ""

@@ -269,3 +269,38 @@ def split_summary(dataset: Dataset) -> str:
   return (f"{dataset.num_users} users, {dataset.num_items} items, "
           f"{len(dataset.train_users)} train and {len(dataset.test_users)} "
           "test interactions")
+
+
+ITEM_ORDERS = ("popularity", "file")
+
+
+def by_popularity(dataset: Dataset) -> Dataset:
+  """The same interactions with items numbered by training popularity.
+
+  Item 0 is the item with the most training interactions; ties keep the
+  previous order (stable sort), items seen only in tests come last. A
+  catalogue numbered this way lets a device know an item's popularity rank
+  from its id alone, which is what `fairjax.models`' popularity prior reads
+  (docs/design.md, "A popularity prior").
+
+  Args:
+    dataset: a `Dataset`.
+
+  Returns:
+    A `Dataset` whose `item_ids[k]` is the original id of the item of rank k;
+    train pairs stay sorted by user, then item.
+  """
+  counts = np.bincount(dataset.train_items, minlength=dataset.num_items)
+  order = np.argsort(-counts, kind="stable")  # new id -> old id
+  new_of = np.empty_like(order)
+  new_of[order] = np.arange(len(order))
+  tr_u, tr_i = dataset.train_users, new_of[dataset.train_items].astype(np.int32)
+  sort = np.lexsort((tr_i, tr_u))
+  ts = dataset.train_timestamps
+  te_u, te_i = dataset.test_users, new_of[dataset.test_items].astype(np.int32)
+  te_sort = np.lexsort((te_i, te_u))
+  return dataset._replace(
+      train_users=tr_u[sort], train_items=tr_i[sort],
+      test_users=te_u[te_sort], test_items=te_i[te_sort],
+      item_ids=dataset.item_ids[order],
+      train_timestamps=None if ts is None else ts[sort])
