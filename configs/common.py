@@ -99,11 +99,13 @@ def base_config(arg=None):
 
   c.fair = ml_collections.ConfigDict()
   c.fair.aggregate = "delta"  # delta weights nested
-  # How a level's summed update reaches the full tables: "expand" (P w, the
-  # design's default), "adjoint" (P D^-1 w, the transpose of collapse: a
-  # compressed client's update becomes the projection of its gradient, not
-  # up to c times longer) or "isometric" (P D^-1/2 w, norm-preserving).
-  c.fair.lift = "expand"
+  # How a level's summed update reaches the full tables: "adjoint" (P D^-1 w,
+  # the transpose of collapse: a compressed client's update becomes the
+  # projection of its gradient; the default since issue #23, RESULTS.md),
+  # "expand" (P w, the original design's map: up to c times longer) or
+  # "isometric" (P D^-1/2 w, norm-preserving). fair.aggregate=weights
+  # averages weights, not updates: it needs "expand".
+  c.fair.lift = "adjoint"
   # What a client of a hashed level holds: "mean" (the bucket means, the
   # design's collapse) or "lift" (the means scaled by count^power of the lift:
   # the left inverse of fair.lift, so a client's own view moves by exactly its
@@ -113,6 +115,10 @@ def base_config(arg=None):
   # p_k ∝ examples) treats every level alike.
   c.fair.level_weight = 0.0
   c.fair.exact_sizes = False
+  # Where a hashed table's elements go: "hash" (h(i, j) mod m) or "rank"
+  # ((i * d + j) mod m: with items numbered by popularity, the m / d most
+  # popular items keep buckets of their own; see subspace.TableSpec).
+  c.fair.layout = "hash"
   # The server stores the user rows (each client sends its own down and up
   # every round; rows are never averaged across users): the same math as a
   # private row, with the row added to bytes_down / bytes_up.

@@ -187,7 +187,7 @@ def table_names(kind):
 def table_specs(kind, num_users, num_items, embed_dim,
                 item_sizes: Optional[Mapping[str, Optional[int]]] = None,
                 seeds: Optional[Mapping[str, int]] = None,
-                mlp_dim: Optional[int] = None):
+                mlp_dim: Optional[int] = None, layout: str = "hash"):
   """Plain user tables and (optionally hashed) item tables for `kind`.
 
   Args:
@@ -199,6 +199,7 @@ def table_specs(kind, num_users, num_items, embed_dim,
     seeds: hash seed per item table name.
     mlp_dim: if set, the columns of the MLP tables (user_mlp, item_mlp)
       instead of `embed_dim`.
+    layout: `TableSpec.layout` of the hashed item tables.
 
   Returns:
     dict table name -> TableSpec.
@@ -211,14 +212,15 @@ def table_specs(kind, num_users, num_items, embed_dim,
     if name in USER_TABLES:
       specs[name] = subspace.TableSpec(num_users, cols, 0, None)
     else:
-      specs[name] = subspace.TableSpec(num_items, cols, seeds.get(name, 0),
-                                       item_sizes.get(name))
+      size = item_sizes.get(name)
+      specs[name] = subspace.TableSpec(num_items, cols, seeds.get(name, 0), size,
+                                       layout if size is not None else "hash")
   return specs
 
 
 def make_model(kind, num_users, num_items, embed_dim, mlp_layers=(64, 32, 16),
                item_sizes=None, seeds=None, *, cols=None, item_rank=None,
-               mlp_dim=None, prior=()) -> ModelDef:
+               mlp_dim=None, prior=(), layout="hash") -> ModelDef:
   """Builds an NCF model definition, validating its hyper-parameters.
 
   Args:
@@ -239,6 +241,7 @@ def make_model(kind, num_users, num_items, embed_dim, mlp_layers=(64, 32, 16),
       not combined with `cols`).
     prior: initial knots of the popularity prior (`popularity_prior`), or ()
       for none.
+    layout: where a hashed item table puts its elements (`TableSpec.layout`).
 
   Returns:
     A ModelDef.
@@ -258,7 +261,10 @@ def make_model(kind, num_users, num_items, embed_dim, mlp_layers=(64, 32, 16),
     if int(mlp_dim) < 1:
       raise InputError(f"mlp_embed_dim: must be a positive integer, got {mlp_dim}")
     mlp_dim = int(mlp_dim)
-  tables = table_specs(kind, num_users, num_items, width, item_sizes, seeds, mlp_dim)
+  if layout not in subspace.LAYOUTS:
+    raise InputError(f"fair.layout: unknown layout {layout!r}; choose one of "
+                     f"{', '.join(subspace.LAYOUTS)}")
+  tables = table_specs(kind, num_users, num_items, width, item_sizes, seeds, mlp_dim, layout)
   module = NCF(kind=kind, tables=tuple(tables.items()), mlp_layers=tuple(int(w) for w in mlp_layers),
                item_rank=None if item_rank is None else int(item_rank),
                prior=tuple(float(k) for k in prior))

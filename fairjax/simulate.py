@@ -120,7 +120,8 @@ class Simulation:
   def _model(self, num_users, item_sizes=None, seeds=None, **kwargs):
     return models.make_model(self.kind, num_users, self.dataset.num_items,
                              self.config.embed_dim, tuple(self.config.mlp_layers),
-                             item_sizes, seeds, prior=self.prior, **kwargs)
+                             item_sizes, seeds, prior=self.prior,
+                             layout=self.config.fair.get("layout", "hash"), **kwargs)
 
   def client_seeds(self, users, rnd=0):
     """Each client's table seeds [K, tables] in round rnd."""

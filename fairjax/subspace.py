@@ -52,11 +52,20 @@ class TableSpec(NamedTuple):
     seed: seed of the element hash and sign (same at every level of a
       consistent run).
     size: memory size `m` of the hashed array, or None for the plain table.
+    layout: where element `(i, j)` goes: "hash" (bucket `h(i, j) mod m`) or
+      "rank" (bucket `(i * cols + j) mod m`: with rows numbered by
+      popularity, the `m / cols` most popular rows keep buckets of their
+      own and each bucket holds exactly one of them; still consistent and,
+      for power-of-two sizes, nested). Signs are `g(i, j)` either way.
   """
   rows: int
   cols: int
   seed: int
   size: int | None
+  layout: str = "hash"
+
+
+LAYOUTS = ("hash", "rank")
 
 
 Spec = Mapping[Path, TableSpec]
@@ -133,7 +142,11 @@ def _row_buckets(spec, ids):
   """Bucket and sign of the elements of rows `ids`, each `ids.shape + (cols,)`."""
   i = jnp.asarray(ids).astype(jnp.int32)[..., None]
   j = jnp.arange(spec.cols, dtype=jnp.int32)
-  return hashing.bucket(i, j, spec.seed, spec.size), hashing.element_sign(i, j, spec.seed)
+  sign = hashing.element_sign(i, j, spec.seed)
+  if spec.layout == "rank":
+    flat = i.astype(jnp.uint32) * jnp.uint32(spec.cols) + j.astype(jnp.uint32)
+    return (flat % jnp.uint32(spec.size)).astype(jnp.int32), sign
+  return hashing.bucket(i, j, spec.seed, spec.size), sign
 
 
 def _counts(b, size, dtype):
@@ -551,7 +564,7 @@ def table_seed(path, seed, client_seed=None):
   return _mix_seed(*parts)
 
 
-def make_spec(shapes, c, seed, exact=False, consistent=True, client_seed=0):
+def make_spec(shapes, c, seed, exact=False, consistent=True, client_seed=0, layout="hash"):
   """A subspace spec at compression `c` for the tables in `shapes`.
 
   Args:
@@ -562,6 +575,7 @@ def make_spec(shapes, c, seed, exact=False, consistent=True, client_seed=0):
     exact: sizes `ceil(rows*cols/c)` instead of the power-of-two ladder.
     consistent: if False, `client_seed` is mixed into every table seed.
     client_seed: the client's seed, used only when `consistent` is False.
+    layout: `TableSpec.layout` of every table ("hash" or "rank").
 
   Returns:
     dict mapping each path to its `TableSpec`.
@@ -575,5 +589,5 @@ def make_spec(shapes, c, seed, exact=False, consistent=True, client_seed=0):
     spec[path] = TableSpec(
         rows=int(rows), cols=int(cols),
         seed=table_seed(path, seed, None if consistent else client_seed),
-        size=level_size(rows, cols, c, exact=exact))
+        size=level_size(rows, cols, c, exact=exact), layout=layout)
   return spec

@@ -86,6 +86,10 @@ def _federated(config):
     raise InputError(f"fair.aggregate: unknown mode {fair.aggregate!r}; choose one "
                      f"of {', '.join(base.AGGREGATES)}")
   hashed.powers(fair)  # fair.lift and fair.view
+  from fairjax import subspace
+  if fair.get("layout", "hash") not in subspace.LAYOUTS:
+    raise InputError(f"fair.layout: unknown layout {fair.layout!r}; choose one of "
+                     f"{', '.join(subspace.LAYOUTS)}")
   _nonnegative("fair.level_weight", fair.get("level_weight", 0.0))
   if fair.execution not in EXECUTIONS:
     raise InputError(f"fair.execution: unknown mode {fair.execution!r}; choose one "

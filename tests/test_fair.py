@@ -7,6 +7,9 @@ import numpy as np
 from conftest import SGD1
 from conftest import make_sim
 from conftest import run_rounds
+
+# The paper code's weight averaging needs the plain expand lift.
+WEIGHTS = {"fair.aggregate": "weights", "fair.lift": "expand"}
 from fairjax import subspace
 
 
@@ -49,13 +52,13 @@ def test_delta_averaging_keeps_what_lies_outside_the_subspace(small_csv):
   s1, _ = sim.round(s0, 1)
   chex.assert_trees_all_close(_outside(sim, 0, s1["params"]), _outside(sim, 0, s0["params"]),
                               atol=1e-6)
-  sim_w = _sim(small_csv, capacities="4:1", **{"fair.aggregate": "weights"}, **SGD1)
+  sim_w = _sim(small_csv, capacities="4:1", **WEIGHTS, **SGD1)
   s1w, _ = sim_w.round(sim_w.init_state(), 1)
   for v in jax.tree.leaves(_outside(sim_w, 0, s1w["params"])):
     np.testing.assert_allclose(v, 0.0, atol=1e-6)
   # With every client at 1x the two modes coincide (SGD, lr 1).
   a = _run(_sim(small_csv, capacities="1:1", **{"fair.aggregate": "delta"}, **SGD1), 1)
-  b = _run(_sim(small_csv, capacities="1:1", **{"fair.aggregate": "weights"}, **SGD1), 1)
+  b = _run(_sim(small_csv, capacities="1:1", **WEIGHTS, **SGD1), 1)
   chex.assert_trees_all_close(a["params"], b["params"], atol=1e-5)
 
 

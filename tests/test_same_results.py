@@ -8,8 +8,8 @@ written by `python tests/test_same_results.py --write` at commit b88dca4.
 A case that drifts means the redesign changed what an algorithm computes.
 
 The cases pin the defaults of that time that later changed (issue #23): no
-popularity prior (`item_prior=none`) and items numbered in the file's order
-(`data.item_order=file`). With the new defaults every case moves, by
+popularity prior (`item_prior=none`), items numbered in the file's order
+(`data.item_order=file`) and `fair.lift=expand`. With the new defaults every case moves, by
 construction: the prior is a new term of the model, and renumbering items
 changes every element's hash and every sampled negative.
 """
@@ -29,7 +29,7 @@ GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "pre_redesign.json")
 BASE = {"rounds": 2, "eval.every": 2, "capacities": "1:0.34,4:0.33,16:0.33",
         "clients_per_round": 9, "model": "gmf",
         "eval.protocol": "both", "eval.num_negatives": 19,
-        "item_prior": "none", "data.item_order": "file"}
+        "item_prior": "none", "data.item_order": "file", "fair.lift": "expand"}
 CASES = {
     "fair": {},
     "fair_neumf": {"model": "neumf"},

@@ -22,22 +22,28 @@ _TOL = dict(rtol=1e-5, atol=1e-5)
 _CS = [1, 1.5, 3, 10, 50, 1000]
 
 
-def _spec(c, exact=False, seed=_SEED, rows=_ROWS, cols=_COLS):
-  return sub.TableSpec(rows, cols, seed,
-                       sub.level_size(rows, cols, c, exact=exact))
+def _spec(c, exact=False, seed=_SEED, rows=_ROWS, cols=_COLS, layout="hash"):
+  size = sub.level_size(rows, cols, c, exact=exact)
+  return sub.TableSpec(rows, cols, seed, size, layout if size is not None else "hash")
 
 
 def _levels():
-  """Every distinct (c, exact) level used in the law tests, as specs."""
-  return list(dict.fromkeys(
-      _spec(c, exact) for c in _CS for exact in (False, True)))
+  """Every distinct (c, exact, layout) level used in the law tests, as specs.
+
+  The laws hold for any bucket map, so the popularity-rank layout must
+  satisfy them too: two of its levels (sizes 64 and 16, nested) join the
+  element-hash ones.
+  """
+  hashed = [_spec(c, exact) for c in _CS for exact in (False, True)]
+  ranked = [_spec(c, layout="rank") for c in (3, 10)]
+  return list(dict.fromkeys(hashed + ranked))
 
 
 def _nested_pairs():
   """(big, small) pairs of distinct levels where small's size divides big's."""
   pairs = []
   for big, small in itertools.permutations(_levels(), 2):
-    if small.size is None:
+    if small.size is None or (big.size is not None and big.layout != small.layout):
       continue
     if big.size is None or (big.size % small.size == 0
                             and big.size > small.size):
@@ -46,7 +52,7 @@ def _nested_pairs():
 
 
 def _ids(spec):
-  return "plain" if spec.size is None else f"m{spec.size}"
+  return "plain" if spec.size is None else f"m{spec.size}-{spec.layout}"
 
 
 def _pair_ids(pair):
@@ -145,6 +151,17 @@ def test_some_levels_do_have_empty_buckets():
   # Otherwise the "empty buckets -> 0" half of the law above is untested.
   spec = _spec(1.5, exact=True)
   assert not _nonempty(spec).all()
+
+
+def test_rank_layout_gives_the_top_rows_buckets_of_their_own():
+  spec = _spec(3, layout="rank")  # 64 buckets, 6 columns: rows 0..9 fit
+  b, _ = sub._row_buckets(spec, jnp.arange(_ROWS))  # pylint: disable=protected-access
+  b = np.asarray(b)
+  top = spec.size // _COLS
+  assert len(set(b[:top].ravel().tolist())) == top * _COLS
+  # Every bucket holds exactly one element of the top rows (64 = 10 * 6 + 4:
+  # the last 4 buckets are the first ones the 11th row reaches).
+  np.testing.assert_array_equal(b.ravel(), np.arange(_ROWS * _COLS) % spec.size)
 
 
 def test_expand_matches_definition():

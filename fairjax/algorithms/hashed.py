@@ -96,7 +96,7 @@ def hashed_level(ctx, c, name, trains, spec, agg, per_client=False, trace_seeds=
 def spec_at(ctx, c, seed=None):
   """The hashed spec of every item table at compression c."""
   return subspace.make_spec(ctx.shapes, c, ctx.hash_seed if seed is None else seed,
-                            exact=ctx.exact_sizes)
+                            exact=ctx.exact_sizes, layout=ctx.fair.get("layout", "hash"))
 
 
 def spec_seeds(spec):
