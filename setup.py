@@ -22,6 +22,8 @@ setuptools.setup(
     ],
     extras_require={
         "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "nbclient>=0.10,<0.12", "nbformat>=5.10,<6",
-                 "ipykernel>=6.29,<8"],
+                 "ipykernel>=6.29,<8", "pyarrow>=14,<27"],
+        # data.name=cj / cj-heavy read a parquet file (fairjax/data/completejourney.py).
+        "cj": ["pyarrow>=14,<27"],
     },
 )

@@ -21,7 +21,7 @@ def base_config(arg=None):
   c.item_prior_knots = 32
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = ""  # ml-100k ml-1m, or "" with data.path
+  c.data.name = ""  # ml-100k ml-1m cj (or a HEAVY set), or "" with data.path
   c.data.path = ""
   c.data.format = "auto"  # auto movielens inter csv tsv adjacency
   c.data.test_path = ""

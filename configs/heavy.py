@@ -7,6 +7,9 @@ r"""FAIR and baselines on heavy-user data: ~100 clients holding thousands of ite
       --config.capacities=1:0.5,2:0.5
   python -m launch.train --config=configs/heavy.py --workdir=runs/heavy/pop \
       --config.algorithm=popularity
+  # 300 heavy households over a 44k-product catalogue (simulated grocery data):
+  python -m launch.train --config=configs/heavy.py --workdir=runs/cjh/fedavg \
+      --config.algorithm=fedavg --config.data.name=cj-heavy
   # adjacency files of one's own (LightGCN/NGCF train.txt / test.txt):
   python -m launch.train --config=configs/heavy.py --workdir=runs/mine \
       --config.data.name= --config.data.path=train.txt --config.data.test_path=test.txt

