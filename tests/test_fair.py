@@ -7,10 +7,10 @@ import numpy as np
 from conftest import SGD1
 from conftest import make_sim
 from conftest import run_rounds
+from fairjax import subspace
 
 # The paper code's weight averaging needs the plain expand lift.
 WEIGHTS = {"fair.aggregate": "weights", "fair.lift": "expand"}
-from fairjax import subspace
 
 
 _sim = make_sim
