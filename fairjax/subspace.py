@@ -66,6 +66,8 @@ class TableSpec(NamedTuple):
 
 
 LAYOUTS = ("hash", "rank")
+# Level sizes: the power-of-two ladder, ceil(n d / c), or `nested_sizes`.
+SIZES = ("pow2", "exact", "nested")
 
 
 Spec = Mapping[Path, TableSpec]
@@ -116,6 +118,41 @@ def level_size(rows, cols, c, exact=False):
   if exact:
     return max(1, math.ceil(target))
   return 1 << max(0, math.floor(target).bit_length() - 1)
+
+
+def nested_sizes(rows, cols, compressions):
+  """Sizes for a run's levels that nest and fill each level's budget.
+
+  The power-of-two ladder nests but may use only half a level's budget
+  (ML-1M's item tables at 8x: 8,192 floats of 14,824). Here the most
+  compressed level takes `floor(n d / c)` floats and each larger level the
+  largest multiple of the next smaller level's size within its own budget,
+  so every size divides the larger ones (`h mod m2 = (h mod m1) mod m2`:
+  the subspaces nest) and a level whose compression is k times a larger
+  one's uses more than `1 - 1/k` of its budget.
+
+  Args:
+    rows, cols: the table's shape.
+    compressions: the run's compression factors (any order; 1 = plain).
+
+  Returns:
+    dict compression -> size (None for c = 1).
+  """
+  _check_shape(rows, cols)
+  out, prev = {}, None
+  for c in sorted(set(compressions), reverse=True):
+    size = level_size(rows, cols, c, exact=True)
+    if size is None:
+      out[c] = None
+      continue
+    budget = int(fractions.Fraction(rows * cols) / fractions.Fraction(
+        int(c) if isinstance(c, numbers.Integral) else float(c)))
+    if prev is not None:
+      size = max(prev, budget // prev * prev)
+    else:
+      size = max(1, budget)
+    out[c] = prev = size
+  return out
 
 
 def _check_shape(rows, cols):
@@ -564,7 +601,8 @@ def table_seed(path, seed, client_seed=None):
   return _mix_seed(*parts)
 
 
-def make_spec(shapes, c, seed, exact=False, consistent=True, client_seed=0, layout="hash"):
+def make_spec(shapes, c, seed, exact=False, consistent=True, client_seed=0, layout="hash",
+              ladder=None):
   """A subspace spec at compression `c` for the tables in `shapes`.
 
   Args:
@@ -576,6 +614,9 @@ def make_spec(shapes, c, seed, exact=False, consistent=True, client_seed=0, layo
     consistent: if False, `client_seed` is mixed into every table seed.
     client_seed: the client's seed, used only when `consistent` is False.
     layout: `TableSpec.layout` of every table ("hash" or "rank").
+    ladder: the run's compressions: if given, sizes come from
+      `nested_sizes` over them (`c` must be one of them) and `exact` is
+      ignored.
 
   Returns:
     dict mapping each path to its `TableSpec`.
@@ -589,5 +630,6 @@ def make_spec(shapes, c, seed, exact=False, consistent=True, client_seed=0, layo
     spec[path] = TableSpec(
         rows=int(rows), cols=int(cols),
         seed=table_seed(path, seed, None if consistent else client_seed),
-        size=level_size(rows, cols, c, exact=exact), layout=layout)
+        size=(nested_sizes(rows, cols, ladder)[c] if ladder is not None
+              else level_size(rows, cols, c, exact=exact)), layout=layout)
   return spec

@@ -87,6 +87,9 @@ def _federated(config):
                      f"of {', '.join(base.AGGREGATES)}")
   hashed.powers(fair)  # fair.lift and fair.view
   from fairjax import subspace
+  if fair.get("sizes", "pow2") not in subspace.SIZES:
+    raise InputError(f"fair.sizes: unknown ladder {fair.sizes!r}; choose one of "
+                     f"{', '.join(subspace.SIZES)}")
   if fair.get("layout", "hash") not in subspace.LAYOUTS:
     raise InputError(f"fair.layout: unknown layout {fair.layout!r}; choose one of "
                      f"{', '.join(subspace.LAYOUTS)}")

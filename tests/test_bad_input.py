@@ -184,6 +184,7 @@ CASES = {
     "negative_level_weight": (lambda t: ["--config.fair.level_weight=-1"], "fair.level_weight"),
     "negative_server_eps": (lambda t: ["--config.server.eps=-1e-3"], "server.eps"),
     "unknown_item_prior": (lambda t: ["--config.item_prior=genre"], "item_prior"),
+    "unknown_layout": (lambda t: ["--config.fair.layout=spiral"], "fair.layout"),
     "one_prior_knot": (lambda t: ["--config.item_prior_knots=1"], "item_prior_knots"),
     "unknown_item_order": (lambda t: ["--config.data.item_order=random"], "data.item_order"),
     "prior_without_popularity_order": (lambda t: ["--config.data.item_order=file"],

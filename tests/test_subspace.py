@@ -101,6 +101,32 @@ def test_level_size_plain_ladder_and_exact():
   assert sub.level_size(1024, 1024, 1 + 2**-52, exact=True) == 2**20
 
 
+@pytest.mark.parametrize("rows,cols,cs", [(3706, 32, (1, 8, 64, 512)),
+                                          (3706, 32, (1, 16, 256, 4096)),
+                                          (37, 6, (1.5, 3, 10, 50)), (1682, 64, (2, 3, 7))])
+def test_nested_sizes_nest_and_fill_the_budget(rows, cols, cs):
+  sizes = sub.nested_sizes(rows, cols, cs)
+  assert set(sizes) == set(cs)
+  ladder = sorted((c for c in cs if c != 1), reverse=True)  # smallest size first
+  for small, big in zip(ladder, ladder[1:]):
+    assert sizes[big] % sizes[small] == 0
+    # At least 1 - small_budget / big_budget of the budget is used.
+    budget = rows * cols / big
+    assert budget - sizes[small] < sizes[big] <= budget
+  assert sizes[ladder[0]] == max(1, int(rows * cols // ladder[0]))
+  # With compressions a power of two apart (the named distributions), never
+  # below the power-of-two ladder; other ratios only keep the guarantee above.
+  if all(math.log2(b / a).is_integer() for a, b in zip(ladder[1:], ladder)):
+    for c in ladder:
+      assert sizes[c] >= sub.level_size(rows, cols, c)
+  # The nested levels' maps satisfy the laws of nested subspaces.
+  small = sub.TableSpec(rows, cols, _SEED, sizes[ladder[0]])
+  big = sub.TableSpec(rows, cols, _SEED, sizes[ladder[1]])
+  w = _w(small)
+  np.testing.assert_allclose(sub.expand(sub.repeat(w, small, big), big),
+                             sub.expand(w, small), **_TOL)
+
+
 @pytest.mark.parametrize("bad", [0.999, 0, -3, float("nan"), float("inf"),
                                  "3", None, True])
 def test_level_size_rejects_bad_c(bad):
