@@ -115,11 +115,11 @@ def base_config(arg=None):
   # p_k ∝ examples) treats every level alike.
   c.fair.level_weight = 0.0
   c.fair.exact_sizes = False  # the same as fair.sizes=exact
-  # Level sizes: "pow2" (2^floor(log2(n d / c)): nests, may use half the
-  # budget), "exact" (ceil(n d / c): fills it, nests only where sizes
-  # divide) or "nested" (fills it and nests along the run's levels:
-  # subspace.nested_sizes).
-  c.fair.sizes = "pow2"
+  # Level sizes: "nested" (fills each level's budget and nests along the
+  # run's levels: subspace.nested_sizes; the default since issue #23),
+  # "pow2" (2^floor(log2(n d / c)): nests, may use half the budget) or
+  # "exact" (ceil(n d / c): fills it, nests only where sizes divide).
+  c.fair.sizes = "nested"
   # Where a hashed table's elements go: "hash" (h(i, j) mod m) or "rank"
   # ((i * d + j) mod m: with items numbered by popularity, the m / d most
   # popular items keep buckets of their own; see subspace.TableSpec).

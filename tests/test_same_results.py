@@ -9,7 +9,7 @@ A case that drifts means the redesign changed what an algorithm computes.
 
 The cases pin the defaults of that time that later changed (issue #23): no
 popularity prior (`item_prior=none`), items numbered in the file's order
-(`data.item_order=file`) and `fair.lift=expand`. With the new defaults every case moves, by
+(`data.item_order=file`), `fair.lift=expand` and `fair.sizes=pow2`. With the new defaults every case moves, by
 construction: the prior is a new term of the model, and renumbering items
 changes every element's hash and every sampled negative.
 """
@@ -29,7 +29,8 @@ GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "pre_redesign.json")
 BASE = {"rounds": 2, "eval.every": 2, "capacities": "1:0.34,4:0.33,16:0.33",
         "clients_per_round": 9, "model": "gmf",
         "eval.protocol": "both", "eval.num_negatives": 19,
-        "item_prior": "none", "data.item_order": "file", "fair.lift": "expand"}
+        "item_prior": "none", "data.item_order": "file", "fair.lift": "expand",
+        "fair.sizes": "pow2"}
 CASES = {
     "fair": {},
     "fair_neumf": {"model": "neumf"},
