@@ -1,0 +1,166 @@
+"""Deployment over Flower: the strategy against the simulation engine, in one process.
+
+The fast tests drive `fairjax.flower`'s Strategy and ClientApp with an
+in-process Grid (messages handed to the ClientApp directly): the same
+messages and code a real deployment runs, without SuperLink processes.
+The slow test (`make test-all`) starts a real SuperLink and SuperNodes.
+"""
+import itertools
+import json
+import os
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO
+from conftest import run_launch
+from conftest import small_config
+from conftest import write_interactions
+
+flwr = pytest.importorskip("flwr")
+
+from flwr.app import Context, RecordDict  # noqa: E402  pylint: disable=g-import-not-at-top
+from flwr.supercore.task_identity import TaskIdentity  # noqa: E402  pylint: disable=g-import-not-at-top
+
+from fairjax import data as data_lib  # noqa: E402  pylint: disable=g-import-not-at-top
+from fairjax import deployment  # noqa: E402  pylint: disable=g-import-not-at-top
+from fairjax import evaluation  # noqa: E402  pylint: disable=g-import-not-at-top
+from fairjax import flower  # noqa: E402  pylint: disable=g-import-not-at-top
+from fairjax import simulate  # noqa: E402  pylint: disable=g-import-not-at-top
+
+# Two levels (one hashed), a few clients, 2 devices per level.
+BASE = {"capacities": "1:0.5,4:0.5", "clients_per_round": 8, "model": "neumf",
+        "rounds": 3, "eval.every": 3, "eval.protocol": "both"}
+
+
+class LocalGrid:
+  """A Grid whose devices are ClientApp calls in this process (each with its own Context)."""
+
+  def __init__(self, node_configs, fail=()):
+    self.contexts = {}
+    self.fail = set(fail)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+    for i, nc in enumerate(node_configs):
+      node_id = 1000 + i
+      self.contexts[node_id] = Context(run_id=1, node_id=node_id, node_config=nc,
+                                       state=RecordDict(), run_config={})
+    self._ids = itertools.count(1)
+    self._out = {}
+
+  def get_node_ids(self):
+    return [n for n in self.contexts if n not in self.fail]
+
+  def push_messages(self, messages):
+    ids = []
+    for msg in messages:
+      mid = f"m{next(self._ids)}"
+      msg.metadata.__dict__["_message_id"] = mid
+      node = msg.metadata.dst_node_id
+      if node in self.fail:
+        ids.append(mid)
+        continue
+      reply = flower.client_app(msg, self.contexts[node])
+      self._out[mid] = reply
+      ids.append(mid)
+    return ids
+
+  def pull_messages(self, message_ids):
+    return [self._out.pop(m) for m in list(message_ids) if m in self._out]
+
+
+def _setup(tmp_path, nodes=4, **overrides):
+  data = write_interactions(str(tmp_path / "ratings.csv"), seed=5)
+  config = small_config(data, **{**BASE, **overrides})
+  dataset = data_lib.load(config.data)
+  evaluator = evaluation.Evaluator(dataset, config.eval.protocol, config.eval.num_negatives,
+                                   seed=config.seed)
+  parts = deployment.write_partitions(config, dataset, evaluator, nodes,
+                                      str(tmp_path / "partitions"))
+  node_configs = [{"capacity": c, "partition": p} for c, p in parts]
+  return config, dataset, evaluator, node_configs
+
+
+def _strategy(config, grid, log=None):
+  strategy = flower.FairjaxStrategy(config, log=log or (lambda line: None))
+  strategy.aggregate_query(flower.exchange(grid, strategy.configure_query(
+      grid.get_node_ids()), 60))
+  return strategy
+
+
+def _train_round(strategy, grid, rnd):
+  msgs = strategy.configure_train(rnd, None, None, grid)
+  return strategy.aggregate_train(rnd, flower.exchange(grid, msgs, 60))
+
+
+def _max_diff(a, b):
+  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.mark.parametrize("algorithm", ["fair", "heterofl"])
+def test_strategy_round_matches_the_engine(algorithm, tmp_path):
+  """configure_train/aggregate_train give the simulation's server params (<= 1e-5), 3 rounds."""
+  config, dataset, _, node_configs = _setup(tmp_path, algorithm=algorithm)
+  grid = LocalGrid(node_configs)
+  strategy = _strategy(config, grid)
+  sim = simulate.Simulation(config, dataset)
+  state = sim.init_state()
+  chex.assert_trees_all_close(strategy.server.params, state["params"], atol=0)
+  for rnd in (1, 2, 3):
+    _, train_metrics = _train_round(strategy, grid, rnd)
+    state, stats = sim.round(state, rnd)
+    assert _max_diff(strategy.server.params, state["params"]) <= 1e-5, rnd
+    for k in ("dropped_clients", "rejected_updates", "clients", "bytes_down", "bytes_up"):
+      assert train_metrics[k] == stats[k], k
+    np.testing.assert_allclose(train_metrics["train_loss"], stats["train_loss"], rtol=1e-5)
+  # Every device kept exactly the user rows the simulation keeps.
+  for node_id, ctx in grid.contexts.items():
+    rows = flower.from_record(ctx.state["rows"])
+    if "pending" in ctx.state:  # the last round's rows, committed by the next message
+      flower._commit(ctx, {"commit": np.asarray(strategy.server.take_commit(node_id))})  # pylint: disable=protected-access
+      rows = flower.from_record(ctx.state["rows"])
+    users = flower.from_record(ctx.state["meta"])["users"]
+    for n, r in rows.items():
+      np.testing.assert_allclose(r, np.asarray(state["users"][n])[users], atol=1e-5)
+  # Evaluation on the devices gives the simulation's metrics.
+  msgs = strategy.configure_evaluate(3, None, None, grid)
+  _, got = strategy.aggregate_evaluate(3, flower.exchange(grid, msgs, 60))
+  from fairjax import evaluation as ev  # pylint: disable=g-import-not-at-top
+  want = ev.Evaluator(dataset, "both", config.eval.num_negatives, seed=config.seed)(
+      sim.score_fns(state), sim.user_level, sim.levels.names)
+  assert got.keys() == want.keys()
+  for k, w in want.items():
+    if np.isnan(w):
+      assert np.isnan(got[k]), k
+    else:
+      np.testing.assert_allclose(got[k], w, rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("fault", ["nan", "shape", "level"])
+def test_a_bad_reply_is_rejected_and_changes_nothing(fault, tmp_path):
+  """One device's NaN / wrong-shape / other-level reply: one log line naming it; the
+  server model is what it is when that device does not answer at all."""
+  config, _, _, node_configs = _setup(tmp_path)
+  bad = 1  # a device of the compressed level (levels alternate over devices)
+  assert node_configs[bad]["capacity"] == 4.0
+  faulty = [dict(nc, fault=fault) if i == bad else nc for i, nc in enumerate(node_configs)]
+  lines = []
+  grid = LocalGrid(faulty)
+  strategy = _strategy(config, grid, log=lines.append)
+  _, m = _train_round(strategy, grid, 1)
+  silent_grid = LocalGrid(node_configs)
+  reference = _strategy(config, silent_grid)
+  silent_grid.fail.add(1000 + bad)  # joined, then never answers
+  _train_round(reference, silent_grid, 1)
+  np.testing.assert_array_equal(np.concatenate([np.ravel(x) for x in jax.tree.leaves(
+      strategy.server.params)]), np.concatenate([np.ravel(x) for x in jax.tree.leaves(
+          reference.server.params)]))
+  named = [l for l in lines if f"node {1000 + bad}" in l]
+  assert len(named) == 1, lines
+  assert "rejected" in named[0]
+  assert m["rejected_updates"] > 0
+  # The run goes on: the next round trains and the faulty device is still asked.
+  _, m2 = _train_round(strategy, grid, 2)
+  assert m2["clients"] > 0
