@@ -23,5 +23,8 @@ setuptools.setup(
     extras_require={
         "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "nbclient>=0.10,<0.12", "nbformat>=5.10,<6",
                  "ipykernel>=6.29,<8"],
+        # Real deployment over Flower (launch.deploy, fairjax.flower). Pinned to
+        # the minor version it was written against: Flower's APIs move fast.
+        "deploy": ["flwr>=1.42,<1.43"],
     },
 )

@@ -524,7 +524,8 @@ class Server:
       rnd: the round.
       tasks: from `plan`.
       batches: from `plan`.
-      replies: {node_id: (arrays, losses) or None (no reply, an error)}.
+      replies: {node_id: (arrays, config)}, or a string saying why a device
+        gave none (an error reply); a device absent from it did not answer.
     """
     algo, eng = self.algorithm, self.sim.engine
     round_seeds = jnp.asarray(algo.seeds(rnd))
@@ -538,13 +539,14 @@ class Server:
       level = algo.levels[task.lv]
       name = self.sim.levels.names[task.lv]
       reply = replies.get(task.node_id)
-      if reply is None:
+      if reply is None or isinstance(reply, str):
         stats["dropped_nodes"] += 1
-        self.log(f"node {task.node_id} (level {name}): no reply in round {rnd}; its "
-                 f"{len(task.sel)} clients count as dropped")
+        self.log(f"node {task.node_id} (level {name}): no reply in round {rnd}"
+                 + (f" ({reply.strip()})" if reply else "")
+                 + f"; its {len(task.sel)} clients count as dropped")
         continue
       arrays, reply_cfg = reply
-      why = check_arrays(arrays, task.expected)
+      why = arrays if isinstance(arrays, str) else check_arrays(arrays, task.expected)
       if why is None and int(reply_cfg.get("round", -1)) != rnd:
         why = f"it answers round {reply_cfg.get('round')}, not {rnd}"
       if why is None and int(reply_cfg.get("level", -1)) != task.lv:

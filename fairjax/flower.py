@@ -155,8 +155,8 @@ class FairjaxStrategy(Strategy):
       if node_id not in lv_of:
         continue
       decoded = self._decode(msg)
-      if decoded is None:
-        self.log(f"node {node_id}: error reply in round {server_round}: {msg.error.reason}")
+      if decoded is None:  # the device failed or is gone: its clients count as dropped
+        by_node[node_id] = msg.error.reason
         continue
       by_node[node_id] = decoded
       name = names[lv_of[node_id]]
@@ -238,7 +238,8 @@ def exchange(grid, messages, timeout, log=deployment.log):
   return replies
 
 
-def run_server(grid, config, workdir, num_nodes, round_timeout, join_timeout=300.0):
+def run_server(grid, config, workdir, num_nodes, round_timeout, join_timeout=300.0,
+               save_params=False):
   """The ServerApp's loop: devices join, rounds, evaluations, metrics.jsonl."""
   strategy = FairjaxStrategy(config)
   strategy.summary()
@@ -288,6 +289,10 @@ def run_server(grid, config, workdir, num_nodes, round_timeout, join_timeout=300
     t_back = time.time()
     _, _ = strategy.aggregate_train(rnd, replies)
     t_done = time.time()
+    if save_params:  # WORKDIR/params/round-R.npz: the server's params after round R
+      os.makedirs(os.path.join(workdir, "params"), exist_ok=True)
+      np.savez(os.path.join(workdir, "params", f"round-{rnd}.npz"),
+               **deployment.flatten(server.params))
     info = strategy.last_round
     stats = info["stats"]
     node_times = info["node_times"]
@@ -351,7 +356,6 @@ def run_server(grid, config, workdir, num_nodes, round_timeout, join_timeout=300
       acc = {"dropped": 0, "rejected": 0, "loss_sum": 0.0, "loss_rounds": 0,
              "answered": acc["answered"]}
       since = {"wall": 0.0, "n": 0}
-  np.savez(os.path.join(workdir, "server_params.npz"), **deployment.flatten(server.params))
   say("finished")
   progress.close()
   round_log.close()
@@ -367,7 +371,7 @@ def _server_main(grid: Grid, context) -> None:
   with open(os.path.join(workdir, "config.json")) as f:
     config = deployment.config_from_json(f.read())
   run_server(grid, config, workdir, int(rc["nodes"]), float(rc["round-timeout"]),
-             float(rc.get("join-timeout", 300.0)))
+             float(rc.get("join-timeout", 300.0)), bool(rc.get("save-params", False)))
 
 
 # ------------------------------------------------------------------ device

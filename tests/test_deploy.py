@@ -164,3 +164,68 @@ def test_a_bad_reply_is_rejected_and_changes_nothing(fault, tmp_path):
   # The run goes on: the next round trains and the faulty device is still asked.
   _, m2 = _train_round(strategy, grid, 2)
   assert m2["clients"] > 0
+
+
+# ------------------------------------------------------- a real deployment
+
+SLOW = {"capacities": "1:0.5,4:0.5", "clients_per_round": 6, "model": "gmf", "rounds": 2,
+        "eval.every": 2, "checkpoint_every": 1}
+
+
+def _flags(path, overrides):
+  base = small_config(path, **overrides)
+  out = [f"--config.data.path={path}", "--config.data.name="]
+  for key in ("embed_dim", "clients_per_round", "rounds", "capacities", "model",
+              "checkpoint_every"):
+    out.append(f"--config.{key}={base[key]}")
+  out += ["--config.mlp_layers=(16, 8)", f"--config.eval.every={base.eval.every}",
+          f"--config.eval.num_negatives={base.eval.num_negatives}",
+          f"--config.client.batch_size={base.client.batch_size}",
+          f"--config.client.max_items={base.client.max_items}"]
+  return out
+
+
+@pytest.mark.slow
+def test_real_deployment_matches_launch_train(tmp_path):
+  """SuperLink + 2 SuperNodes, 2 rounds: launch.train's params after round 1 (<= 1e-5)
+  and its metrics after round 2; no process left behind."""
+  from fairjax import checkpoint  # pylint: disable=g-import-not-at-top
+  from fairjax import metrics  # pylint: disable=g-import-not-at-top
+  path = write_interactions(str(tmp_path / "ratings.csv"), seed=5)
+  flags = ["--config=configs/ml100k.py"] + _flags(path, SLOW)
+  dep = run_launch("launch.deploy", flags + [f"--workdir={tmp_path / 'dep'}", "--nodes=2",
+                                            "--save_params"], timeout=1500)
+  assert dep.returncode == 0, dep.stderr[-3000:]
+  with open(tmp_path / "dep" / "pids.json") as f:
+    pids = json.load(f)
+  for pid in pids.values():  # every process group the launcher started is gone
+    assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read(
+    ).rsplit(")", 1)[1].split()[0]
+  sim_run = run_launch("launch.train", flags + [f"--workdir={tmp_path / 'sim'}"])
+  assert sim_run.returncode == 0, sim_run.stderr[-3000:]
+  config = small_config(path, **SLOW)
+  sim = simulate.Simulation(config, data_lib.load(config.data))
+  state = checkpoint.restore(str(tmp_path / "sim" / "checkpoints"), 1, sim.init_state())
+  with np.load(tmp_path / "dep" / "params" / "round-1.npz") as z:
+    got = deployment.unflatten(dict(z), state["params"])
+  assert _max_diff(got, state["params"]) <= 1e-5
+  want = metrics.read_metrics(str(tmp_path / "sim"))[-1]
+  have = metrics.read_metrics(str(tmp_path / "dep"))[-1]
+  for k, w in want.items():
+    if k.startswith("time/"):
+      continue
+    if isinstance(w, float):
+      np.testing.assert_allclose(have[k], w, rtol=1e-4, atol=1e-6, err_msg=k)
+    else:
+      assert have[k] == w, k
+
+
+def test_deploy_refuses_fewer_devices_than_levels(tmp_path):
+  path = write_interactions(str(tmp_path / "ratings.csv"), seed=5)
+  out = run_launch("launch.deploy", ["--config=configs/ml100k.py", f"--workdir={tmp_path}/w",
+                                     "--nodes=1", "--config.data.name=",
+                                     f"--config.data.path={path}",
+                                     "--config.capacities=1:0.5,4:0.5"])
+  assert out.returncode == 2, out.stderr[-2000:]
+  lines = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and "--nodes=1" in lines[0], out.stderr[-2000:]
