@@ -42,6 +42,11 @@ _ROUND_TIMEOUT = flags.DEFINE_float(
 _SAVE_PARAMS = flags.DEFINE_bool(
     "save_params", False, "Write the server's params after every round to "
     "WORKDIR/params/round-R.npz (flat keys, as in the messages).")
+_COMPARE = flags.DEFINE_bool(
+    "compare", False, "After the deployment, run the same config through "
+    "`launch.train`'s code in-process (WORKDIR/simulation) and write "
+    "WORKDIR/equivalence.json: the max abs difference of the server params after "
+    "every round, and of every metric of every metrics.jsonl record (time/ keys aside).")
 _KILL = flags.DEFINE_string(
     "kill", "", "Test hook, NODE:ROUND[:RESTART]: SIGKILL SuperNode NODE (0-based) once "
     "round ROUND is sent to the devices; start it again (a new process, the same "
@@ -291,6 +296,53 @@ def deploy(config, workdir, nodes, round_timeout, kill=None, fault=None, echo=Tr
       print(f"warning: process groups {left} still had processes", file=sys.stderr)
 
 
+def compare(config, workdir):
+  """Runs `config` as `launch.train` does and compares it with the deployment's files."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from fairjax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from fairjax import deployment  # pylint: disable=g-import-not-at-top
+  from fairjax import experiment  # pylint: disable=g-import-not-at-top
+  from fairjax import metrics  # pylint: disable=g-import-not-at-top
+  from fairjax import simulate  # pylint: disable=g-import-not-at-top
+  sim_dir = os.path.join(workdir, "simulation")
+  experiment.run(config, sim_dir, verbose=False)
+  # The same rounds again, one at a time (what simulate.run does), for the
+  # params after each one (the run's checkpoints keep only the last two).
+  sim = simulate.Simulation(config, data_lib.load(config.data))
+  state = sim.init_state()
+  params = {}
+  seconds = {}
+  for rnd in range(1, int(config.rounds) + 1):
+    t0 = time.perf_counter()
+    state, _ = jax.block_until_ready(sim.round(state, rnd))
+    seconds[rnd] = time.perf_counter() - t0
+    with np.load(os.path.join(workdir, "params", f"round-{rnd}.npz")) as z:
+      got = deployment.unflatten(dict(z), state["params"])
+    params[rnd] = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                      for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(state["params"])))
+  worst, compared = {}, 0
+  for have, want in zip(metrics.read_metrics(workdir), metrics.read_metrics(sim_dir)):
+    for k, w in want.items():
+      if k.startswith("time/") or k not in have:
+        continue
+      compared += 1
+      h = have[k]
+      if isinstance(w, (int, float)) and isinstance(h, (int, float)):
+        d = abs(float(h) - float(w))
+      else:
+        d = 0.0 if h == w else float("inf")
+      if d > worst.get("diff", -1.0):
+        worst = {"diff": d, "key": k, "round": want.get("round"), "deployed": h,
+                 "simulated": w}
+  out = {"max_abs_param_diff_by_round": params, "simulated_round_seconds": seconds,
+         "metric_values_compared": compared,
+         "worst_metric": worst}
+  with open(os.path.join(workdir, "equivalence.json"), "w") as f:
+    json.dump(out, f, indent=1)
+  return out
+
+
 def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -306,7 +358,14 @@ def main(argv):
   try:
     final = deploy(config, _WORKDIR.value, _NODES.value, _ROUND_TIMEOUT.value,
                    _hook(_KILL.value, "kill"), _hook(_FAULT.value, "fault", FAULTS),
-                   save_params=_SAVE_PARAMS.value)
+                   save_params=_SAVE_PARAMS.value or _COMPARE.value)
+    if _COMPARE.value:
+      eq = compare(config, _WORKDIR.value)
+      rounds = eq["max_abs_param_diff_by_round"]
+      print("equivalence with launch.train: max abs diff of server params "
+            + ", ".join(f"round {r}: {d:.2e}" for r, d in rounds.items())
+            + f"; largest metric difference {eq['worst_metric'].get('diff', 0):.2e} "
+            f"({eq['worst_metric'].get('key')}) over {eq['metric_values_compared']} values")
   except InputError as e:
     cli.fail(str(e))
   except RuntimeError as e:
