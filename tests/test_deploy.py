@@ -126,7 +126,8 @@ def test_strategy_round_matches_the_engine(algorithm, tmp_path):
       np.testing.assert_allclose(r, np.asarray(state["users"][n])[users], atol=1e-5)
   # Evaluation on the devices gives the simulation's metrics.
   msgs = strategy.configure_evaluate(3, None, None, grid)
-  _, got = strategy.aggregate_evaluate(3, flower.exchange(grid, msgs, 60))
+  strategy.aggregate_evaluate(3, flower.exchange(grid, msgs, 60))
+  got = strategy.last_eval
   from fairjax import evaluation as ev  # pylint: disable=g-import-not-at-top
   want = ev.Evaluator(dataset, "both", config.eval.num_negatives, seed=config.seed)(
       sim.score_fns(state), sim.user_level, sim.levels.names)
