@@ -140,7 +140,7 @@ class Partition(NamedTuple):
   candidates: np.ndarray
 
 
-def assign_nodes(num_nodes, levels, user_level, counts):
+def assign_nodes(num_nodes, levels, user_level):
   """Node i -> (level index, users): nodes go round-robin over the levels, a
   level's users are split evenly over its nodes.
 
@@ -157,7 +157,6 @@ def assign_nodes(num_nodes, levels, user_level, counts):
     users = np.flatnonzero(user_level == lv)
     for i, part in zip(nodes, np.array_split(users, len(nodes))):
       out.append((i, lv, part.astype(np.int32)))
-  del counts
   return [(lv, users) for _, lv, users in sorted(out, key=lambda t: t[0])]
 
 
@@ -171,12 +170,11 @@ def write_partitions(config, dataset, evaluator, num_nodes, directory):
   levels = capacity.parse_capacities(config.capacities)
   user_level = capacity.assign_levels(dataset.num_users, levels, config.seed)
   indptr, items = data_lib.train_csr(dataset)
-  counts = np.diff(indptr)
   sampled = evaluator.parts[0] if evaluator.parts else evaluator
   candidates = getattr(sampled, "candidates", None)
   os.makedirs(directory, exist_ok=True)
   out = []
-  for i, (lv, users) in enumerate(assign_nodes(num_nodes, levels, user_level, counts)):
+  for i, (lv, users) in enumerate(assign_nodes(num_nodes, levels, user_level)):
     own = np.isin(dataset.test_users, users)
     sel = [items[indptr[u]:indptr[u + 1]] for u in users]
     local_ptr = np.zeros(len(users) + 1, np.int64)
