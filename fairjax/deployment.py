@@ -30,14 +30,13 @@ import json
 import os
 import sys
 import time
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fairjax import algorithms
 from fairjax import capacity
 from fairjax import data as data_lib
 from fairjax import engine as engine_lib

@@ -371,6 +371,9 @@ def main(argv):
   except RuntimeError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+  except KeyboardInterrupt:
+    print("interrupted: every process the deployment started was stopped", file=sys.stderr)
+    sys.exit(130)
   print(f"{config.algorithm} on {config.data.name or config.data.path}, deployed on "
         f"{_NODES.value} Flower devices ({config.eval.protocol} protocol), round "
         f"{final.get('round')}:")
