@@ -424,6 +424,9 @@ class Server:
   def __init__(self, config, describe, log_fn=log):
     self.config = config
     self.log = log_fn
+    if config.client.poison:  # the sampler's hook poisons uploads inside the fused program
+      raise InputError(f"client.poison={config.client.poison!r}: a simulation hook, not "
+                       "available in a deployment")
     first = next(iter(describe.values()))
     self.num_users, self.num_items = int(first["num_users"]), int(first["num_items"])
     users, counts = [], []

@@ -212,6 +212,12 @@ class FairjaxStrategy(Strategy):
     self.last_eval = self.server.eval_summary(results)  # NaN where a level has no test
     return MetricRecord({k: float(v) for k, v in self.last_eval.items() if np.isfinite(v)})
 
+  def start(self, grid, initial_arrays=None, num_rounds=3, timeout=3600, **kwargs):
+    """Not the base class's loop: devices must describe themselves first (a
+    QUERY round) and may rejoin; `run_server` is this strategy's loop."""
+    raise NotImplementedError("FairjaxStrategy runs under fairjax.flower.run_server "
+                              "(the ServerApp of launch/flower_app)")
+
   def summary(self):
     self.log(f"FairjaxStrategy: {self.config.algorithm} on capacities {self.config.capacities}")
 

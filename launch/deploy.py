@@ -187,6 +187,9 @@ def deploy(config, workdir, nodes, round_timeout, kill=None, fault=None, echo=Tr
   from fairjax import algorithms  # pylint: disable=g-import-not-at-top
   if algorithms.parse(config.algorithm)[0] not in algorithms.federated():
     raise InputError(f"algorithm: {config.algorithm!r} is not federated; nothing to deploy")
+  if config.client.poison:
+    raise InputError(f"client.poison={config.client.poison!r}: a simulation hook; a "
+                     "deployment's bad device is --fault=NODE:MODE")
   from fairjax import capacity  # pylint: disable=g-import-not-at-top
   levels = capacity.parse_capacities(config.capacities)
   if nodes < len(levels.compressions):

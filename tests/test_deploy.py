@@ -99,7 +99,9 @@ def _max_diff(a, b):
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-@pytest.mark.parametrize("algorithm", ["fair", "heterofl"])
+@pytest.mark.parametrize("algorithm", ["fair", "heterofl"] + [
+    pytest.param(a, marks=pytest.mark.slow) for a in
+    ("fair_inconsistent", "fedavg", "fedhm", "fedprox:mu=0.1", "fair_reseed", "drop")])
 def test_strategy_round_matches_the_engine(algorithm, tmp_path):
   """configure_train/aggregate_train give the simulation's server params (<= 1e-5), 3 rounds."""
   config, dataset, _, node_configs = _setup(tmp_path, algorithm=algorithm)
