@@ -236,3 +236,24 @@ def test_deploy_refuses_fewer_devices_than_levels(tmp_path):
   assert out.returncode == 2, out.stderr[-2000:]
   lines = [l for l in out.stderr.splitlines() if l.startswith("error:")]
   assert len(lines) == 1 and "--nodes=1" in lines[0], out.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_killed_device_is_dropped_and_a_restarted_one_rejoins(tmp_path):
+  """SuperNode 1 SIGKILLed during round 2 and restarted after it: round 2 completes
+  with its clients dropped, the run finishes, the device trains again later."""
+  path = write_interactions(str(tmp_path / "ratings.csv"), seed=5)
+  work = tmp_path / "dep"
+  out = run_launch("launch.deploy", ["--config=configs/ml100k.py"] + _flags(
+      path, dict(SLOW, rounds=5, **{"eval.every": 5})) + [
+          f"--workdir={work}", "--nodes=2", "--kill=1:2:2"], timeout=1500)
+  assert out.returncode == 0, out.stderr[-3000:]
+  rounds = [json.loads(l) for l in open(work / "rounds.jsonl")]
+  assert rounds[1]["dropped_nodes"] == 1 and rounds[1]["dropped_clients"] > 0
+  assert rounds[0]["dropped_clients"] == 0
+  later = [r for r in rounds[2:] if r["devices"] == 2]
+  assert later and later[-1]["dropped_clients"] == 0, rounds
+  with open(work / "logs" / "run.log") as f:
+    assert " joined" in f.read()
+  from fairjax import metrics  # pylint: disable=g-import-not-at-top
+  assert metrics.read_metrics(str(work))[-1]["final"]
