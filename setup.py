@@ -25,5 +25,8 @@ setuptools.setup(
                  "ipykernel>=6.29,<8", "pyarrow>=14,<27"],
         # data.name=cj / cj-heavy read a parquet file (fairjax/data/completejourney.py).
         "cj": ["pyarrow>=14,<27"],
+        # Real deployment over Flower (launch.deploy, fairjax.flower). Pinned to
+        # the minor version it was written against: Flower's APIs move fast.
+        "deploy": ["flwr>=1.42,<1.43"],
     },
 )

@@ -11,6 +11,11 @@ applies the average. A level's clients run as one jitted program: vmapped
 groups of `group_size` clients scanned in sequence (their weighted sum
 taken inside the group, so no per-client copy of the params outlives it),
 split over the mesh's devices by `sharding.shard_clients`.
+
+The pieces are public so that a deployment (`fairjax.flower`) runs the
+same functions split across machines: the server calls `broadcast`,
+`starts`, `settle_clients`, `Level.lift` and `Engine.server_step`; each
+device calls `train_group` (through `train_program`) on its own clients.
 """
 import functools
 
@@ -52,6 +57,11 @@ def map_groups(fn, xs, size):
   return (*total, per)
 
 
+def broadcast(level, params, round_seeds):
+  """What the level's clients download this round (`level.broadcast`)."""
+  return level.broadcast(params, round_seeds)
+
+
 def settle(level, screen, start, new_shared, seeds, poison=None):
   """A trained client's contribution: its delta, screened, in the level's sum form.
 
@@ -65,17 +75,74 @@ def settle(level, screen, start, new_shared, seeds, poison=None):
   return level.contribute(start, delta, ok, seeds), ok, norm
 
 
-def client_update(level, update, table_names, screen):
-  """One client's round: `one(params, shared, (user, items, mask, rng, seeds,
-  poison), steps) -> (contribution, new user rows, loss, accepted, norm)`."""
-  def one(params, shared, xs, steps):
-    user, it, mk, rng, sd, pz = xs
-    start = level.held(params, shared, sd)
-    new_shared, new_user, loss = update(start, user, it, mk, rng,
-                                        level.model_seeds(table_names, sd), steps)
-    out, ok, norm = settle(level, screen, start, new_shared, sd, pz)
-    return out, new_user, loss, ok, norm
-  return one
+def train_client(level, update, table_names):
+  """One client's local training from the params it holds:
+  `train(start, user, items, mask, rng, seeds, steps) -> (new_shared, new_user, loss)`."""
+  def train(start, user, it, mk, rng, sd, steps):
+    return update(start, user, it, mk, rng, level.model_seeds(table_names, sd), steps)
+  return train
+
+
+def client_keys(key, lv, k):
+  """The PRNG keys of a level's k clients in a round whose key is `key`."""
+  return jax.random.split(jax.random.fold_in(key, lv), k)
+
+
+def starts(level, params, shared, seeds):
+  """What the clients of a group hold at the start: `level.held` per client
+  (stacked, `level.per_client`), else once for all of them."""
+  if level.per_client:
+    return jax.vmap(lambda sd: level.held(params, shared, sd))(seeds)
+  return level.held(params, shared, seeds[0])
+
+
+def train_group(train, cfg, stacked, start, xs):
+  """A vmapped group of clients: per client (new_shared, new_user, loss).
+
+  Every client of a group runs as many steps as its longest one (an
+  unbatched trip count; the extra steps are no-ops).
+
+  Args:
+    train: from `train_client`.
+    cfg: the `client.LocalConfig`.
+    stacked: `start` has a leading client axis (see `starts`).
+    start: the params the clients start from.
+    xs: per client (user rows, items, mask, rng, seeds).
+  """
+  mask = xs[2]
+  steps = client_lib.live_step_count(mask, cfg).max()
+  return jax.vmap(lambda s, x: train(s, *x, steps), in_axes=(0 if stacked else None, 0))(
+      start, xs)
+
+
+def settle_clients(level, screen, stacked, start, new_shared, seeds, weights, poison=None):
+  """Trained clients' screened contributions, weighted and summed in the level's space.
+
+  Returns (sum_k w_k ok_k out_k, sum_k w_k ok_k, ok [K], norm [K]); a
+  rejected client (ok False) adds nothing.
+  """
+  out, ok, norm = jax.vmap(
+      lambda s, n, sd, pz: settle(level, screen, s, n, sd, pz),
+      in_axes=(0 if stacked else None, 0, 0, None if poison is None else 0))(
+          start, new_shared, seeds, poison)
+  w = weights * ok
+  return server_lib.weighted_sum(out, w), w.sum(), ok, norm
+
+
+def train_program(level, update, table_names, cfg, size):
+  """A device's clients of one level, in vmapped groups of `size`, jitted:
+  `(start, user_rows, items, mask, rngs, seeds) -> (new_shared, new_users, losses)`,
+  one row per client; `start` is stacked when `level.per_client`."""
+  train = train_client(level, update, table_names)
+
+  def program(start, user_rows, items, mask, rngs, seeds):
+    def group(xs):
+      st, rest = xs if level.per_client else (start, xs)
+      return (), train_group(train, cfg, level.per_client, st, rest)
+    rest = (user_rows, items, mask, rngs, seeds)
+    (per,) = map_groups(group, (start, rest) if level.per_client else rest, size)
+    return per
+  return jax.jit(program)
 
 
 class Engine:
@@ -109,22 +176,22 @@ class Engine:
     if lv in self._programs:
       return self._programs[lv]
     level = self.algorithm.levels[lv]
-    one = client_update(level, self.local_update(level), self.table_names, self.screen)
-    cfg, size = self.local_cfg, self.group_sizes[lv]
+    train = train_client(level, self.local_update(level), self.table_names)
+    cfg, size, screen = self.local_cfg, self.group_sizes[lv], self.screen
+    stacked = level.per_client
 
     def program(server, user_rows, items, mask, weights, rngs, seeds, poison=None):
       params, round_seeds = server
-      shared = level.broadcast(params, round_seeds)
+      shared = broadcast(level, params, round_seeds)
 
       def group(xs):
-        # Every client of a group runs as many steps as its longest one (an
-        # unbatched trip count; the extra steps are no-ops).
         user, it, mk, rng, sd, pz, wt = xs
-        steps = client_lib.live_step_count(mk, cfg).max()
-        out, new_user, loss, ok, norm = jax.vmap(
-            lambda x: one(params, shared, x, steps))((user, it, mk, rng, sd, pz))
-        w = wt * ok
-        return (server_lib.weighted_sum(out, w), w.sum()), (new_user, loss, ok, norm)
+        start = starts(level, params, shared, sd)
+        new_shared, new_user, loss = train_group(train, cfg, stacked, start,
+                                                 (user, it, mk, rng, sd))
+        total, wsum, ok, norm = settle_clients(level, screen, stacked, start, new_shared, sd,
+                                               wt, pz)
+        return (total, wsum), (new_user, loss, ok, norm)
 
       total, wsum, (new_users, losses, oks, norms) = map_groups(
           group, (user_rows, items, mask, rngs, seeds, poison, weights), size)
@@ -178,7 +245,7 @@ class Engine:
       k = len(batch.users)
       cols = slice(None, self.algorithm.levels[lv].user_cols)
       rows = {n: {"embedding": users[n][batch.users][:, None, cols]} for n in users}
-      rngs = jax.random.split(jax.random.fold_in(key, lv), k)
+      rngs = client_keys(key, lv, k)
       totals[lv], weights[lv], new_rows, loss, ok, _ = self.program(lv)(
           (params, round_seeds), rows, batch.items, batch.mask, batch.weights, rngs,
           batch.seeds, batch.poison)

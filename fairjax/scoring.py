@@ -19,14 +19,24 @@ import numpy as np
 from fairjax import models
 
 
+def view_scores(level, table_names):
+  """`scores(view, u [B], items [B, C], seeds) -> [B, C]`: the level's eval model on a
+  view (user rows included); a deployed device scores with it on the view it holds."""
+  model = level.eval_model
+
+  def scores(view, u, items, seeds):
+    return model.apply(view, jnp.broadcast_to(u[..., None] if u.ndim else u, items.shape),
+                       items, level.model_seeds(table_names, seeds))
+  return scores
+
+
 def score_program(level, table_names):
   """`score(params, users_tab, u [B], items [B, C], seeds [B, tables]) -> [B, C]`, jitted."""
-  model = level.eval_model
+  scores = view_scores(level, table_names)
 
   def score_with(params, users_tab, u, items, seeds):
     view = level.eval_view(models.merge_user_params(users_tab, params), seeds)
-    return model.apply(view, jnp.broadcast_to(u[..., None] if u.ndim else u, items.shape),
-                       items, level.model_seeds(table_names, seeds))
+    return scores(view, u, items, seeds)
 
   def score(params, users_tab, u, items, seeds):
     if not level.per_client:  # the level's users share their seeds: one view
