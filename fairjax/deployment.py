@@ -127,6 +127,10 @@ class Partition(NamedTuple):
     test_users, test_items: its users' test pairs.
     candidates: [T, 1 + negatives] sampled-protocol candidates of those
       pairs (column 0 the test item), or an empty array.
+    prior: the popularity prior's initial knots (`models.popularity_prior`,
+      a few floats published with the catalogue), or empty.
+    popularity: the popularity scores served to a device its algorithm
+      excludes (`scoring.popularity_scores`), or empty.
   """
   num_users: int
   num_items: int
@@ -137,6 +141,8 @@ class Partition(NamedTuple):
   test_users: np.ndarray
   test_items: np.ndarray
   candidates: np.ndarray
+  prior: np.ndarray = np.zeros(0, np.float64)
+  popularity: np.ndarray = np.zeros(0, np.float32)
 
 
 def assign_nodes(num_nodes, levels, user_level):
@@ -171,6 +177,9 @@ def write_partitions(config, dataset, evaluator, num_nodes, directory):
   indptr, items = data_lib.train_csr(dataset)
   sampled = evaluator.parts[0] if evaluator.parts else evaluator
   candidates = getattr(sampled, "candidates", None)
+  # What the operator publishes with the catalogue: the prior's knots (from
+  # training counts) and the popularity ranking excluded devices are served.
+  prior, popularity = simulate_prior(config, dataset)
   os.makedirs(directory, exist_ok=True)
   out = []
   for i, (lv, users) in enumerate(assign_nodes(num_nodes, levels, user_level)):
@@ -184,7 +193,8 @@ def write_partitions(config, dataset, evaluator, num_nodes, directory):
              items=np.concatenate(sel) if sel else np.zeros(0, np.int32),
              test_users=dataset.test_users[own], test_items=dataset.test_items[own],
              candidates=(candidates[own] if candidates is not None
-                         else np.zeros((0, 0), np.int32)))
+                         else np.zeros((0, 0), np.int32)),
+             prior=np.asarray(prior, np.float64), popularity=popularity)
     out.append((levels.compressions[lv], path))
   return out
 
@@ -194,7 +204,7 @@ def load_partition(path):
     with np.load(path) as z:
       return Partition(int(z["num_users"]), int(z["num_items"]), float(z["compression"]),
                        z["users"], z["indptr"], z["items"], z["test_users"], z["test_items"],
-                       z["candidates"])
+                       z["candidates"], z["prior"], z["popularity"])
   except (OSError, KeyError, ValueError) as e:
     raise InputError(f"partition {path!r}: cannot be read ({e})") from None
 
@@ -219,9 +229,17 @@ def positions_dataset(num_users, num_items, users, counts):
                           np.arange(num_items))
 
 
-def _simulation(config, dataset):
+def simulate_prior(config, dataset):
+  """(prior knots, popularity scores) a simulation of `config` on `dataset` uses."""
   from fairjax import simulate  # pylint: disable=g-import-not-at-top
-  return simulate.Simulation(config, dataset)
+  return simulate.prior_knots(config, dataset), simulate.served_popularity(config, dataset)
+
+
+def _simulation(config, dataset, prior, popularity):
+  """A Simulation on a stand-in dataset, with the real data's prior and popularity."""
+  from fairjax import simulate  # pylint: disable=g-import-not-at-top
+  return simulate.Simulation(config, dataset, prior=tuple(float(k) for k in prior),
+                             popularity=popularity if len(popularity) else None)
 
 
 # -------------------------------------------------------------- the node
@@ -239,7 +257,7 @@ class Node:
     self.config, self.part = config, partition
     stand_in = positions_dataset(partition.num_users, partition.num_items, partition.users,
                                  np.diff(partition.indptr))
-    self.sim = _simulation(config, stand_in)
+    self.sim = _simulation(config, stand_in, partition.prior, partition.popularity)
     comps = self.sim.levels.compressions
     if partition.compression not in comps:
       raise InputError(f"capacity={partition.compression:g}: not a level of capacities "
@@ -254,7 +272,8 @@ class Node:
     return {"level": self.lv, "compression": self.part.compression,
             "users": [int(u) for u in self.part.users],
             "counts": [int(c) for c in np.diff(self.part.indptr)],
-            "num_users": self.part.num_users, "num_items": self.part.num_items}
+            "num_users": self.part.num_users, "num_items": self.part.num_items,
+            "prior": [float(k) for k in self.part.prior]}
 
   def initial_rows(self):
     """Its users' rows of the run's initial user tables (the simulation's init)."""
@@ -337,7 +356,11 @@ class Node:
     cols = slice(None, level.user_cols)
     users_tab = {n: {"embedding": jnp.asarray(t[:, cols])} for n, t in table.items()}
     names = self.sim.table_names
-    if level.per_client:
+    if not level.trains and len(part.popularity):
+      # A device its algorithm excludes holds no model: it is served the
+      # popularity ranking (docs/design.md, "Evaluation").
+      score = scoring.popularity_fn(part.popularity)
+    elif level.per_client:
       shapes = jax.eval_shape(self.sim._build_state)["params"]  # pylint: disable=protected-access
       params = unflatten(flat, shapes, "params/")
       fn = scoring.score_program(level, names)
@@ -439,8 +462,10 @@ class Server:
       raise InputError("two devices report the same user")
     all_counts = np.zeros(self.num_users, np.int64)
     all_counts[users] = counts
+    # The prior's knots are published with the catalogue: every device has them.
     self.sim = _simulation(config, positions_dataset(
-        self.num_users, self.num_items, np.arange(self.num_users), all_counts))
+        self.num_users, self.num_items, np.arange(self.num_users), all_counts),
+                           first.get("prior", []), np.zeros(0, np.float32))
     self.algorithm = self.sim.algorithm
     self.nodes: Dict[int, Registered] = {}
     for node_id, info in describe.items():

@@ -47,15 +47,33 @@ def server_optimizer(cfg):
   return make_optimizer(cfg.optimizer, cfg.lr, eps=eps or None)
 
 
+def prior_knots(config, dataset):
+  """The popularity prior's initial knots of `config` on `dataset` (() when off)."""
+  if config.get("item_prior", "none") != "popularity":
+    return ()
+  return models.popularity_prior(dataset.train_items, dataset.num_items,
+                                 int(config.get("item_prior_knots", 32)),
+                                 int(config.client.num_negatives))
+
+
+def served_popularity(config, dataset):
+  """The popularity scores devices an algorithm excludes are served."""
+  return scoring.popularity_scores(dataset.train_items, dataset.num_items, config.seed)
+
+
 class Simulation:
   """The state-free parts of a federated run: plan, models, programs.
 
   Args:
     config: the experiment ConfigDict.
     dataset: a `fairjax.data.Dataset`.
+    prior: the popularity prior's initial knots; default `prior_knots`
+      of the dataset (a deployment passes the real data's to its stand-in).
+    popularity: the scores served to excluded devices; default
+      `popularity(config, dataset)`.
   """
 
-  def __init__(self, config, dataset):
+  def __init__(self, config, dataset, prior=None, popularity=None):
     validation.validate(config)
     self.config = config
     self.dataset = dataset
@@ -64,10 +82,7 @@ class Simulation:
     self.user_level = capacity.assign_levels(dataset.num_users, self.levels, config.seed)
     self.kind = config.model
     # The popularity prior's initial knots (models.popularity_prior), or ().
-    self.prior = (models.popularity_prior(dataset.train_items, dataset.num_items,
-                                          int(config.get("item_prior_knots", 32)),
-                                          int(c.num_negatives))
-                  if config.get("item_prior", "none") == "popularity" else ())
+    self.prior = prior_knots(config, dataset) if prior is None else tuple(prior)
     self.full_model = self._model(1)
     self.shapes = {p: (dataset.num_items, int(config.embed_dim))
                    for p in models.item_table_paths(self.kind)}
@@ -115,7 +130,7 @@ class Simulation:
         self.table_names)
     self.scorer = scoring.Scorer(
         self.algorithm, self.table_names,
-        scoring.popularity_scores(dataset.train_items, dataset.num_items, config.seed))
+        served_popularity(config, dataset) if popularity is None else popularity)
 
   def _model(self, num_users, item_sizes=None, seeds=None, **kwargs):
     return models.make_model(self.kind, num_users, self.dataset.num_items,
