@@ -247,10 +247,19 @@ def train_centralized(config, dataset, evaluate, log, progress):
 
 
 def popularity(config, dataset, evaluate, log):
-  """Ranks items by their number of training interactions (a floor)."""
+  """Ranks items by their number of training interactions (a floor).
+
+  Besides the overall figures it reports `level/<c>x/<metric>`: popularity
+  on the users a federated run with the same `capacities` and `seed` puts
+  at each level, the comparator of each level's figures there.
+  """
+  from fairjax import capacity  # pylint: disable=g-import-not-at-top
   # A tiny deterministic jitter keeps equally popular items from tying.
   counts = scoring.popularity_scores(dataset.train_items, dataset.num_items, config.seed)
+  levels = capacity.parse_capacities(config.capacities)
+  user_level = capacity.assign_levels(dataset.num_users, levels, config.seed)
+  fns = [scoring.popularity_fn(counts)] * len(levels.compressions)
   record = {"round": 0}
-  record.update(evaluate(scoring.popularity_fn(counts)))
+  record.update(evaluate(fns, user_level, levels.names))
   log(record)
   return record
