@@ -5,8 +5,8 @@ One path for every algorithm: a user of level lv is scored by the level's
 the view taken once for the level, or once per user where each client
 hashes with its own seeds (`level.per_client`).
 
-A level that an algorithm excludes (`level.trains` is False: `drop`'s
-compressed levels, HeteroFL beyond c = d, FedHM at rank 0) holds no model.
+A level that an algorithm excludes (`level.trains` is False: a level that
+cannot hold the algorithm's sub-model) holds no model.
 Its users are served the popularity ranking, which a device can use without
 holding anything (`excluded="popularity"`, the reported default); the older
 view, scoring them with the global model they could not hold, is
