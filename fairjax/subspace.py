@@ -615,8 +615,7 @@ def make_spec(shapes, c, seed, exact=False, consistent=True, client_seed=0, layo
     client_seed: the client's seed, used only when `consistent` is False.
     layout: `TableSpec.layout` of every table ("hash" or "rank").
     ladder: the run's compressions: if given, sizes come from
-      `nested_sizes` over them (`c` must be one of them) and `exact` is
-      ignored.
+      `nested_sizes` over them and `c` (`exact` is then ignored).
 
   Returns:
     dict mapping each path to its `TableSpec`.
@@ -630,6 +629,6 @@ def make_spec(shapes, c, seed, exact=False, consistent=True, client_seed=0, layo
     spec[path] = TableSpec(
         rows=int(rows), cols=int(cols),
         seed=table_seed(path, seed, None if consistent else client_seed),
-        size=(nested_sizes(rows, cols, ladder)[c] if ladder is not None
+        size=(nested_sizes(rows, cols, tuple(ladder) + (c,))[c] if ladder is not None
               else level_size(rows, cols, c, exact=exact)), layout=layout)
   return spec

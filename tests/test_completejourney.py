@@ -80,7 +80,7 @@ def test_read_transactions_keeps_distinct_purchases_with_their_latest_time(small
 
 
 def test_cj_loo_holds_out_the_latest_purchase_and_reindexes_bought_products(small):
-  ds = data.load({"name": "cj"})
+  ds = data.load({"name": "cj", "item_order": "file"})
   # 103 was never bought (quantity 0): not an item.
   assert ds.item_ids.tolist() == ["100", "101", "102", "104"]
   assert ds.user_ids.tolist() == ["10", "20", "30"]
@@ -133,7 +133,7 @@ def test_cj_heavy_takes_the_households_with_most_distinct_products(tmp_path, mon
   path = _write_parquet(tmp_path / "t.parquet", _many())
   monkeypatch.setattr(completejourney, "transactions_path", lambda: path)
   monkeypatch.setitem(data.HEAVY, "cj-heavy", data.heavy.HeavySpec("cj", 4, 0.3))
-  ds = data.load({"name": "cj-heavy", "seed": 3, "split": "loo"})  # split ignored
+  ds = data.load({"name": "cj-heavy", "seed": 3, "split": "loo", "item_order": "file"})  # split ignored
   # Households 8..11 hold the most products; 3 has the most lines.
   assert ds.user_ids.tolist() == ["8", "9", "10", "11"]
   train, test = np.bincount(ds.train_users), np.bincount(ds.test_users)
@@ -142,7 +142,7 @@ def test_cj_heavy_takes_the_households_with_most_distinct_products(tmp_path, mon
   # Items are the products these four bought, numbered in id order.
   bought = {p for h, p, _, _ in _many() if h >= 8}
   assert ds.item_ids.tolist() == [str(p) for p in sorted(bought)]
-  chex.assert_trees_all_equal(ds, data.load({"name": "cj-heavy", "seed": 3}))
+  chex.assert_trees_all_equal(ds, data.load({"name": "cj-heavy", "seed": 3, "item_order": "file"}))
   other = data.load({"name": "cj-heavy", "seed": 4})
   assert _pairs(ds.test_users, ds.test_items) != _pairs(other.test_users, other.test_items)
 

@@ -517,7 +517,7 @@ def test_write_adjacency_reads_back_as_the_same_dataset(tmp_path):
   train, test = data.write_adjacency(ds, str(tmp_path / "adj"))
   first = open(train).readline().split()
   assert first[0] == "0" and len(first) == 1 + (ds.train_users == 0).sum()
-  back = data.load(_config(path=train, test_path=test))
+  back = data.load(_config(path=train, test_path=test, item_order="file"))
   for field in ("num_users", "num_items", "train_users", "train_items", "test_users",
                 "test_items"):
     chex.assert_trees_all_equal(getattr(back, field), getattr(ds, field))
