@@ -70,14 +70,9 @@ def init(opt: RowOptimizer, w):
   """The optimizer state of one table `w` (plain `[rows, cols]` or hashed `[size]`)."""
   if opt.name == "sgd":
     return {}
-  # `grad` stays all zeros between steps: the step adds its lookups' gradients
-  # into it (summing repeated units, as the dense gradient does), reads them
-  # back and zeroes them again, all at the touched units only.
-  state = {"grad": jnp.zeros_like(w)}
   if opt.name == "adagrad":
-    state["acc"] = jnp.full_like(w, opt.initial_accumulator_value)
-    return state
-  state["m"], state["v"] = jnp.zeros_like(w), jnp.zeros_like(w)
+    return {"acc": jnp.full_like(w, opt.initial_accumulator_value)}
+  state = {"m": jnp.zeros_like(w), "v": jnp.zeros_like(w)}
   if opt.catch_up:
     state["last"] = jnp.zeros(w.shape[:1], jnp.int32)
   return state
@@ -129,8 +124,40 @@ def replay(opt: RowOptimizer, p, m, v, last, target):
   return p, m, v
 
 
+def sum_repeats(units, grads):
+  """Gives each lookup the summed gradient of its unit (repeated units add up).
+
+  A unit's lookups are numbered by the first position of the unit in the
+  sorted units (one int32 sort and a binary search; sorting the gradients
+  along would cost four times as much on CPU), and summed in their own
+  order, the order in which the dense gradient's scatter-add adds them.
+
+  Args:
+    units: int `[N]`.
+    grads: `[N, ...]`.
+
+  Returns:
+    `[N, ...]`: per lookup, its unit's total.
+  """
+  segment = jnp.searchsorted(jnp.sort(units), units, method="scan").astype(jnp.int32)
+  return jax.ops.segment_sum(grads, segment, num_segments=units.shape[0])[segment]
+
+
+def _small(w, units):
+  """Whether a dense pass over `w` costs less than the sparse bookkeeping."""
+  return w.shape[0] <= DENSE_BELOW * units.shape[0]
+
+
+# A table with at most this many units per lookup of a step (a hashed
+# level's small array) takes the same rule through a masked dense update.
+DENSE_BELOW = 8
+
+
 def update(opt: RowOptimizer, w, state, count, units, grads):
   """One step on the units a minibatch touched.
+
+  With catch-up Adam, call `catch_up(opt, w, state, units, count - 1)`
+  first (before the forward pass that reads the units).
 
   Args:
     opt: the settings.
@@ -149,12 +176,20 @@ def update(opt: RowOptimizer, w, state, count, units, grads):
   if opt.name == "sgd":
     return w.at[units].add((-1 * opt.lr) * grads.astype(w.dtype), mode="drop"), state
   state = dict(state)
-  summed = state["grad"].at[units].add(grads.astype(w.dtype), mode="drop")
-  g = summed.at[units].get(mode="fill", fill_value=0)
-  state["grad"] = summed.at[units].set(0, mode="drop")
-  p = w.at[units].get(mode="fill", fill_value=0)
-  get = lambda x: x.at[units].get(mode="fill", fill_value=0)
-  put = lambda x, new: x.at[units].set(new, mode="drop")
+  grads = grads.astype(w.dtype)
+  if _small(w, units):
+    # The same rule, over the whole (small) table: its gradient summed by
+    # a scatter-add into zeros (as the dense gradient is), a mask of the
+    # touched units, and the update kept where the mask is set.
+    g = jnp.zeros_like(w).at[units].add(grads, mode="drop")
+    touched = jnp.zeros(w.shape[:1], bool).at[units].set(True, mode="drop")
+    get = lambda x: x
+    put = lambda x, new: jnp.where(touched.reshape((-1,) + (1,) * (x.ndim - 1)), new, x)
+  else:
+    g = sum_repeats(units, grads)
+    get = lambda x: x.at[units].get(mode="fill", fill_value=0)
+    put = lambda x, new: x.at[units].set(new, mode="drop")
+  p = get(w)
   if opt.name == "adagrad":
     # optax.scale_by_rss, then scale_by_learning_rate.
     acc = (g.conj() * g).real + get(state["acc"])
@@ -162,11 +197,8 @@ def update(opt: RowOptimizer, w, state, count, units, grads):
     state["acc"] = put(state["acc"], acc)
     return put(w, p + (-1 * opt.lr) * (inv * g)), state
   m, v = get(state["m"]), get(state["v"])
-  if opt.catch_up:
-    # The units were brought to step count - 1 by `catch_up` before the
-    # forward pass; replaying here again only covers a caller that did not.
-    p, m, v = replay(opt, p, m, v, get(state["last"]), count - 1)
-    state["last"] = put(state["last"], jnp.broadcast_to(count, units.shape))
+  if opt.catch_up:  # `catch_up(..., count - 1)` brought the units here first
+    state["last"] = put(state["last"], jnp.full(get(state["last"]).shape, count))
   u, m, v = adam_update(opt, g, m, v, count)
   state["m"], state["v"] = put(state["m"], m), put(state["v"], v)
   return put(w, p + u), state
