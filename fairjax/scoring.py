@@ -4,12 +4,20 @@ One path for every algorithm: a user of level lv is scored by the level's
 `eval_model` on `level.eval_view(params with every user's rows, seeds)`,
 the view taken once for the level, or once per user where each client
 hashes with its own seeds (`level.per_client`).
+
+Each scoring function also has a `grid(users [U], items [C]) -> [U, C]`
+(every user against the same items: the full protocol's chunks, see
+`metrics.full_topk`). Where the level's users share one view it computes
+the NCF model factorised: each item's rows and the item half of the first
+MLP layer once per item, each user's half once per user, and per pair only
+what mixes them (`ncf_grid`); the scores equal the model's to float rounding.
 """
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from fairjax import models
+from fairjax import subspace
 
 
 def score_program(level, table_names):
@@ -29,6 +37,63 @@ def score_program(level, table_names):
   return jax.jit(score)
 
 
+def _rows(module, view, name, ids, seeds):
+  """Rows `ids` of table `name` as `models.Embedding` computes them."""
+  p = view[name]
+  if "u" in p:  # low-rank factors (FedHM)
+    return p["u"][ids] @ p["v"].T
+  spec = dict(module.tables)[name]
+  if seeds and name in seeds:
+    spec = spec._replace(seed=seeds[name])
+  return subspace.lookup(p["embedding"], spec, ids)
+
+
+def ncf_grid(module, view, users, items, seeds=None):
+  """`NCF` logits of every user in `users` [U] with every item in `items` [C]: [U, C].
+
+  The math of `models.NCF.__call__`, arranged for a grid: the first MLP
+  layer's product `concat(u, v) @ W0` is split into `u @ W0[:d] + v @ W0[d:]`
+  (once per user and once per item), the GMF part and the head's GMF
+  weights become one `[U, d] @ [d, C]` product. Per pair only the MLP's
+  later layers run.
+  """
+  head = view["head"]
+  w_head = head["kernel"][:, 0]
+  logits = jnp.zeros((users.shape[0], items.shape[0]), w_head.dtype) + head["bias"][0]
+  at = 0
+  if module.kind in ("gmf", "neumf"):
+    u = _rows(module, view, "user_gmf", users, seeds)
+    v = _rows(module, view, "item_gmf", items, seeds)
+    d = u.shape[-1]
+    logits = logits + (u * w_head[at:at + d]) @ v.T
+    at += d
+  if module.kind in ("mlp", "neumf"):
+    u = _rows(module, view, "user_mlp", users, seeds)
+    v = _rows(module, view, "item_mlp", items, seeds)
+    first = view["mlp_0"]
+    d = u.shape[-1]
+    h = jax.nn.relu((u @ first["kernel"][:d] + first["bias"])[:, None, :]
+                    + (v @ first["kernel"][d:])[None, :, :])
+    for i in range(1, len(module.mlp_layers)):
+      layer = view[f"mlp_{i}"]
+      h = jax.nn.relu(h @ layer["kernel"] + layer["bias"])
+    logits = logits + h @ w_head[at:]
+  return logits
+
+
+def grid_program(level, table_names):
+  """`grid(params, users_tab, u [U], items [C], seeds [tables]) -> [U, C]`, jitted.
+
+  For a level whose users share one view (not `level.per_client`).
+  """
+  module = level.eval_model.module
+
+  def grid(params, users_tab, u, items, seeds):
+    view = level.eval_view(models.merge_user_params(users_tab, params), seeds)
+    return ncf_grid(module, view, u, items, level.model_seeds(table_names, seeds))
+  return jax.jit(grid)
+
+
 class Scorer:
   """Scoring functions of a run's levels, compiled once and reused every evaluation."""
 
@@ -43,13 +108,22 @@ class Scorer:
     fns = []
     for lv, level in enumerate(self.algorithm.levels):
       if lv not in self._programs:
-        self._programs[lv] = score_program(level, self.table_names)
-      fns.append(self._bind(self._programs[lv], state["params"], users, rnd))
+        grid = None if level.per_client else grid_program(level, self.table_names)
+        self._programs[lv] = (score_program(level, self.table_names), grid)
+      fns.append(self._bind(*self._programs[lv], state["params"], users, rnd))
     return fns
 
-  def _bind(self, fn, params, users, rnd):
+  def _bind(self, fn, grid_fn, params, users, rnd):
     def score(u, items):
       u = np.asarray(u)
       seeds = self.algorithm.client_seeds(u, rnd)
       return fn(params, users, jnp.asarray(u), jnp.asarray(items), jnp.asarray(seeds))
+
+    def grid(u, items):
+      u = np.asarray(u)
+      if grid_fn is None:  # each user its own view: the pairwise path
+        return score(u, np.broadcast_to(np.asarray(items), (len(u), len(items))))
+      seeds = self.algorithm.client_seeds(u[:1], rnd)[0]
+      return grid_fn(params, users, jnp.asarray(u), jnp.asarray(items), jnp.asarray(seeds))
+    score.grid = grid
     return score
