@@ -64,7 +64,7 @@ def _merge_topk(best_scores, best_items, scores, train_mask, first):
 
 # Scores computed at once in the full protocol's chunks (users x items): the
 # memory a chunk takes is a small multiple of this many floats per layer width.
-PAIRS_PER_CHUNK = 1 << 18
+PAIRS_PER_CHUNK = 1 << 20
 
 
 def full_topk(score_fn: Callable, users, num_items, train_indptr, train_items, k=FULL_K,
