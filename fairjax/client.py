@@ -265,6 +265,7 @@ def make_step(model: models.ModelDef, optimizer: optax.GradientTransformation,
     # A batch of padding must not move anything (Adam would, on zeros).
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(live, a, b), new, old)
     new_params, new_dense = keep((new_params, new_dense), (rest, dense_state))
+    plain_segment = None
     if row_state is not None:
       count = row_state["count"] + live.astype(jnp.int32)
       row_state["count"] = count
@@ -278,7 +279,12 @@ def make_step(model: models.ModelDef, optimizer: optax.GradientTransformation,
         continue
       u, signs = units[n]
       g = (g if signs is None else signs.astype(g.dtype) * g).reshape((-1,) + w.shape[1:])
-      w, row_state[n] = rowopt.update(row_opt, w, row_state[n], count, u, g)
+      if signs is None and n in models.ITEM_TABLES:  # plain item tables share their units
+        segment = plain_segment = (rowopt.repeats(u) if plain_segment is None
+                                   else plain_segment)
+      else:
+        segment = None
+      w, row_state[n] = rowopt.update(row_opt, w, row_state[n], count, u, g, segment)
       new_params[n] = {"embedding": w}
     # Padding has a zero gradient, and an SGD step on zeros moves nothing.
     new_state = new_dense if row_state is None else (new_dense, row_state)

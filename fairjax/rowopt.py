@@ -72,7 +72,10 @@ def init(opt: RowOptimizer, w):
     return {}
   if opt.name == "adagrad":
     return {"acc": jnp.full_like(w, opt.initial_accumulator_value)}
-  state = {"m": jnp.zeros_like(w), "v": jnp.zeros_like(w)}
+  # Both moments of a unit side by side (`[rows, 2, cols]` or `[size, 2]`):
+  # one gather and one scatter fetch them, where the rows' random places in
+  # a large table cost a cache miss each.
+  state = {"mv": jnp.zeros(w.shape[:1] + (2,) + w.shape[1:], w.dtype)}
   if opt.catch_up:
     state["last"] = jnp.zeros(w.shape[:1], jnp.int32)
   return state
@@ -124,22 +127,31 @@ def replay(opt: RowOptimizer, p, m, v, last, target):
   return p, m, v
 
 
-def sum_repeats(units, grads):
+def repeats(units):
+  """Numbers each lookup by the first position of its unit among the sorted units.
+
+  One int32 sort and a binary search (sorting the gradients along would
+  cost four times as much on CPU). Tables looked up with the same units
+  (a model's plain item tables) can share it.
+  """
+  return jnp.searchsorted(jnp.sort(units), units, method="scan").astype(jnp.int32)
+
+
+def sum_repeats(units, grads, segment=None):
   """Gives each lookup the summed gradient of its unit (repeated units add up).
 
-  A unit's lookups are numbered by the first position of the unit in the
-  sorted units (one int32 sort and a binary search; sorting the gradients
-  along would cost four times as much on CPU), and summed in their own
-  order, the order in which the dense gradient's scatter-add adds them.
+  A unit's lookups are summed in their own order, the order in which the
+  dense gradient's scatter-add adds them.
 
   Args:
     units: int `[N]`.
     grads: `[N, ...]`.
+    segment: `repeats(units)`, if already computed.
 
   Returns:
     `[N, ...]`: per lookup, its unit's total.
   """
-  segment = jnp.searchsorted(jnp.sort(units), units, method="scan").astype(jnp.int32)
+  segment = repeats(units) if segment is None else segment
   return jax.ops.segment_sum(grads, segment, num_segments=units.shape[0])[segment]
 
 
@@ -153,7 +165,7 @@ def _small(w, units):
 DENSE_BELOW = 8
 
 
-def update(opt: RowOptimizer, w, state, count, units, grads):
+def update(opt: RowOptimizer, w, state, count, units, grads, segment=None):
   """One step on the units a minibatch touched.
 
   With catch-up Adam, call `catch_up(opt, w, state, units, count - 1)`
@@ -169,6 +181,7 @@ def update(opt: RowOptimizer, w, state, count, units, grads):
       (>= len(w)) is no lookup (padding).
     grads: `[N] + w.shape[1:]`, the loss's gradient with respect to each
       lookup; repeated units add up.
+    segment: optional `repeats(units)`, shared with another table.
 
   Returns:
     (w, state).
@@ -186,7 +199,7 @@ def update(opt: RowOptimizer, w, state, count, units, grads):
     get = lambda x: x
     put = lambda x, new: jnp.where(touched.reshape((-1,) + (1,) * (x.ndim - 1)), new, x)
   else:
-    g = sum_repeats(units, grads)
+    g = sum_repeats(units, grads, segment)
     get = lambda x: x.at[units].get(mode="fill", fill_value=0)
     put = lambda x, new: x.at[units].set(new, mode="drop")
   p = get(w)
@@ -196,11 +209,15 @@ def update(opt: RowOptimizer, w, state, count, units, grads):
     inv = jnp.where(acc > 0, jax.lax.rsqrt(acc + opt.adagrad_eps), 0.0)
     state["acc"] = put(state["acc"], acc)
     return put(w, p + (-1 * opt.lr) * (inv * g)), state
-  m, v = get(state["m"]), get(state["v"])
+  mv = get(state["mv"])
+  m, v = mv[:, 0], mv[:, 1]
   if opt.catch_up:  # `catch_up(..., count - 1)` brought the units here first
     state["last"] = put(state["last"], jnp.full(get(state["last"]).shape, count))
+  # Gathered once: XLA would otherwise repeat the (cache-missing) gathers in
+  # each fusion that reads them (the new value, m and v).
+  p, g, m, v = jax.lax.optimization_barrier((p, g, m, v))
   u, m, v = adam_update(opt, g, m, v, count)
-  state["m"], state["v"] = put(state["m"], m), put(state["v"], v)
+  state["mv"] = put(state["mv"], jnp.stack([m, v], axis=1))
   return put(w, p + u), state
 
 
@@ -223,8 +240,9 @@ def catch_up(opt: RowOptimizer, w, state, units, count):
   get = lambda x: x.at[units].get(mode="fill", fill_value=0)
   put = lambda x, new: x.at[units].set(new, mode="drop")
   last = get(state["last"])
-  p, m, v = replay(opt, get(w), get(state["m"]), get(state["v"]), last, count)
-  state = dict(state, m=put(state["m"], m), v=put(state["v"], v),
+  mv = get(state["mv"])
+  p, m, v = replay(opt, get(w), mv[:, 0], mv[:, 1], last, count)
+  state = dict(state, mv=put(state["mv"], jnp.stack([m, v], axis=1)),
                last=put(state["last"], jnp.where(last > 0, count, 0)))
   return put(w, p), state
 
@@ -248,7 +266,8 @@ def flush(opt: RowOptimizer, w, state, count, bound):
   idx = jnp.nonzero(owes, size=min(int(bound), n), fill_value=n)[0]
   get = lambda x: x.at[idx].get(mode="fill", fill_value=0)
   put = lambda x, new: x.at[idx].set(new, mode="drop")
-  p, m, v = replay(opt, get(w), get(state["m"]), get(state["v"]), get(last), count)
-  state = dict(state, m=put(state["m"], m), v=put(state["v"], v),
+  mv = get(state["mv"])
+  p, m, v = replay(opt, get(w), mv[:, 0], mv[:, 1], get(last), count)
+  state = dict(state, mv=put(state["mv"], jnp.stack([m, v], axis=1)),
                last=jnp.where(owes, count, last))
   return put(w, p), state
