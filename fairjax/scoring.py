@@ -97,16 +97,20 @@ GRID_BLOCK = 64
 
 
 def grid_program(level, table_names):
-  """`grid(params, users_tab, u [U], items [C], seeds [tables]) -> [U, C]`, jitted.
+  """`(view(params, users_tab, seeds), grid(view, u [U], items [C], seeds) -> [U, C])`, jitted.
 
-  For a level whose users share one view (not `level.per_client`).
+  For a level whose users share one view (not `level.per_client`). The
+  view (a hashed level's collapse of the full tables) is taken once per
+  evaluation, not once per chunk of items.
   """
   module = level.eval_model.module
 
-  def grid(params, users_tab, u, items, seeds):
-    view = level.eval_view(models.merge_user_params(users_tab, params), seeds)
+  def view(params, users_tab, seeds):
+    return level.eval_view(models.merge_user_params(users_tab, params), seeds)
+
+  def grid(view, u, items, seeds):
     return ncf_grid(module, view, u, items, level.model_seeds(table_names, seeds))
-  return jax.jit(grid)
+  return jax.jit(view), jax.jit(grid)
 
 
 class Scorer:
@@ -134,11 +138,16 @@ class Scorer:
       seeds = self.algorithm.client_seeds(u, rnd)
       return fn(params, users, jnp.asarray(u), jnp.asarray(items), jnp.asarray(seeds))
 
+    views = {}
+
     def grid(u, items):
       u = np.asarray(u)
       if grid_fn is None:  # each user its own view: the pairwise path
         return score(u, np.broadcast_to(np.asarray(items), (len(u), len(items))))
-      seeds = self.algorithm.client_seeds(u[:1], rnd)[0]
-      return grid_fn(params, users, jnp.asarray(u), jnp.asarray(items), jnp.asarray(seeds))
+      seeds = jnp.asarray(self.algorithm.client_seeds(u[:1], rnd)[0])
+      key = tuple(np.asarray(seeds).tolist())
+      if key not in views:  # one view per evaluation (this bound function)
+        views[key] = grid_fn[0](params, users, seeds)
+      return grid_fn[1](views[key], jnp.asarray(u), jnp.asarray(items), seeds)
     score.grid = grid
     return score
