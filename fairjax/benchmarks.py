@@ -84,6 +84,7 @@ def loop_round(sim: simulate.Simulation, state, rnd, fns):
         for t in range(live_steps):
           (p, opt_state), _ = fns["step", lv](p, opt_state, pos[t], negs[t], valid[t],
                                               tseeds, anchor)
+      p = fns["flush", lv](p, opt_state, items.shape[-1])  # catch-up Adam's owed steps
       out, w = fns["finish", lv](p, start, sd, batch.weights[k])
       level_sum = out if level_sum is None else fns["add"](level_sum, out)
       level_weight = level_weight + w
@@ -113,7 +114,10 @@ def build_loop_fns(sim):
     fns["step", lv] = jax.jit(client_lib.make_step(level.model, sim.local_opt, cfg,
                                                    level.penalty))
     fns["opt_init", lv] = jax.jit(functools.partial(client_lib.init_opt_state, level.model,
-                                                    sim.local_opt, cfg))
+                                                    sim.local_opt, cfg, penalty=level.penalty))
+    fns["flush", lv] = jax.jit(
+        lambda p, s, n, level=level: client_lib.finish(level.model, cfg, p, s, n, level.penalty),
+        static_argnums=2)
     fns["broadcast", lv] = jax.jit(level.broadcast)
     fns["held", lv] = jax.jit(level.held)
     fns["lift", lv] = jax.jit(level.lift)

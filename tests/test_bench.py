@@ -102,3 +102,15 @@ def test_heavy_round_bench_quick_reports_every_case(tmp_path):
   for name in ("fedavg", "FAIR 1x/2x", "FAIR 1x/256x"):
     assert done.stdout.count(f"| {name} |") == 2  # the table and the phases
   assert not out.exists()  # --quick leaves BENCHMARKS.md alone
+
+
+@pytest.mark.parametrize("catch_up", [False, True])
+def test_loop_of_jitted_steps_computes_the_round_with_row_sparse_adam(small_csv, catch_up):
+  sim = make_sim(small_csv, capacities="1:0.5,4:0.5",
+                 **{"client.optimizer": "adam", "client.lr": 0.01,
+                    "client.catch_up": catch_up, "fair.execution": "scan"})
+  assert sim.local_cfg.table_opt is not None and sim.local_cfg.table_opt.catch_up == catch_up
+  state = sim.init_state()
+  vmapped = sim.round(state, 1)[0]["params"]
+  looped = benchmarks.loop_round(sim, state, 1, benchmarks.build_loop_fns(sim))
+  chex.assert_trees_all_close(looped, vmapped, atol=1e-5)
