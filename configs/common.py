@@ -77,9 +77,14 @@ def base_config(arg=None):
   c.client = ml_collections.ConfigDict()
   c.client.optimizer = "sgd"
   c.client.lr = 0.5
-  # With optimizer sgd, embedding tables take sparse row steps (the same math,
-  # O(batch) instead of O(table) per step); False takes dense gradients.
+  # With optimizer sgd, adam or adagrad, embedding tables take row-sparse
+  # steps (fairjax/rowopt.py): a step costs the rows its batch looks up, not
+  # the table. sgd and adagrad: the same math as the dense step; adam: lazy
+  # (a row's moments and value wait while no batch looks it up), or with
+  # client.catch_up the dense step's math (the skipped steps are replayed
+  # when the row is next looked up). False takes dense steps.
   c.client.sparse_update = True
+  c.client.catch_up = False
   c.client.batch_size = 64
   c.client.loss = "bce"
   c.client.num_negatives = 4

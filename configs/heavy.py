@@ -45,6 +45,16 @@ items) and why, from the runs in RESULTS.md ("Heavy users"):
 * `fair.lift` expand -> adjoint: a compressed client's update becomes the
   projection of its gradient instead of being copied into every element of
   its bucket (RESULTS.md, "FAIR on MovieLens-1M").
+* The local Adam is row-sparse (`client.sparse_update`, on by default; issue
+  #18): a step updates the item rows its batch looks up, lazily (a row's
+  value and moments wait while no batch looks it up), not the whole table;
+  `--config.client.catch_up=True` replays the skipped steps, dense Adam's
+  math exactly, and `--config.client.sparse_update=False` takes dense
+  steps. On a 359k-item catalogue a dense step rewrote three 11 MB arrays
+  per table: rounds took 35-50 s (BENCHMARKS.md, "heavy_round").
+* `fair.execution` vmap -> scan: clients one after the other. With tables of
+  hundreds of thousands of rows, a vmapped group holds a copy of them (and
+  of both moments) per client and ran a round 1.4x slower in CPU time.
 * `eval.protocol` full, `eval.every` 10.
 
 What these settings give there (RESULTS.md, 3 seeds, NDCG@20 at round 40):
@@ -84,4 +94,5 @@ def get_config(arg=None):
   config.server.optimizer = "sgd"
   config.server.lr = 1.0
   config.fair.lift = "adjoint"
+  config.fair.execution = "scan"
   return config

@@ -84,6 +84,7 @@ def loop_round(sim: simulate.Simulation, state, rnd, fns):
         for t in range(live_steps):
           (p, opt_state), _ = fns["step", lv](p, opt_state, pos[t], negs[t], valid[t],
                                               tseeds, anchor)
+      p = fns["flush", lv](p, opt_state, items.shape[-1])  # catch-up Adam's owed steps
       out, w = fns["finish", lv](p, start, sd, batch.weights[k])
       level_sum = out if level_sum is None else fns["add"](level_sum, out)
       level_weight = level_weight + w
@@ -113,7 +114,10 @@ def build_loop_fns(sim):
     fns["step", lv] = jax.jit(client_lib.make_step(level.model, sim.local_opt, cfg,
                                                    level.penalty))
     fns["opt_init", lv] = jax.jit(functools.partial(client_lib.init_opt_state, level.model,
-                                                    sim.local_opt, cfg))
+                                                    sim.local_opt, cfg, penalty=level.penalty))
+    fns["flush", lv] = jax.jit(
+        lambda p, s, n, level=level: client_lib.finish(level.model, cfg, p, s, n, level.penalty),
+        static_argnums=2)
     fns["broadcast", lv] = jax.jit(level.broadcast)
     fns["held", lv] = jax.jit(level.held)
     fns["lift", lv] = jax.jit(level.lift)
@@ -391,3 +395,311 @@ def fair_scaling(quick=False):
   top = SCALING_DEVICES[-1]
   return BenchResult(table, f"fair_scaling speedup_{top}_devices="
                             f"{base / results[top]['median']:.2f}")
+
+
+# ---------------------------------------------------------------- heavy_round
+# Rounds of configs/heavy.py on a synthetic set of the shape of the FAIR
+# paper's Goodreads_100 (its adjacency files are not public here).
+
+GOODREADS_100 = {"num_users": 99, "num_items": 359_014, "train": 482_745, "test": 206_869,
+                 "min_train": 3_387, "max_train": 27_218}
+QUICK_SHAPE = {"num_users": 12, "num_items": 20_000, "train": 30_000, "test": 12_000,
+               "min_train": 1_000, "max_train": 6_000}
+
+
+def goodreads_like(shape=None, alpha=0.6, seed=0):
+  """A synthetic `Dataset` of the Goodreads_100 shape (or `shape`).
+
+  Users' training counts run geometrically from `min_train` to `max_train`
+  (a power of the rank chosen so that they sum to `train`); the test counts
+  are proportional and sum to `test`. Each user's items are drawn without
+  replacement with probability proportional to `(rank + 1)^-alpha` over a
+  random ranking of the items (power-law popularity), then split at random.
+  """
+  s = dict(GOODREADS_100 if shape is None else shape)
+  users, items = s["num_users"], s["num_items"]
+  rng = np.random.default_rng(seed)
+  x = np.linspace(0.0, 1.0, users)
+  ratio = s["max_train"] / s["min_train"]
+  counts = lambda p: s["min_train"] * ratio ** (x ** p)
+  lo, hi = 1e-3, 1e3
+  for _ in range(200):  # the power whose counts sum to the total
+    mid = (lo * hi) ** 0.5
+    lo, hi = (mid, hi) if counts(mid).sum() > s["train"] else (lo, mid)
+  train = np.floor(counts(mid)).astype(np.int64)
+  train[0], train[-1] = s["min_train"], s["max_train"]
+  rest = s["train"] - train.sum()
+  train[1:-1] += rest // (users - 2)
+  train[1:1 + rest % (users - 2)] += 1
+  test = np.floor(train * s["test"] / s["train"]).astype(np.int64)
+  test[:s["test"] - test.sum()] += 1
+  log_p = -alpha * np.log(np.arange(items) + 1.0)
+  rank = rng.permutation(items)
+  parts = {"tu": [], "ti": [], "su": [], "si": []}
+  for u in range(users):
+    n = train[u] + test[u]
+    # Gumbel top-n: n draws without replacement, proportional to p.
+    pick = rank[np.argpartition(-(log_p + rng.gumbel(size=items)), n)[:n]]
+    rng.shuffle(pick)
+    parts["tu"].append(np.full(train[u], u))
+    parts["ti"].append(np.sort(pick[:train[u]]))
+    parts["su"].append(np.full(test[u], u))
+    parts["si"].append(np.sort(pick[train[u]:]))
+  cat = {k: np.concatenate(v).astype(np.int32) for k, v in parts.items()}
+  return data_lib.Dataset(users, items, cat["tu"], cat["ti"], cat["su"], cat["si"],
+                          np.arange(users).astype(object), np.arange(items).astype(object))
+
+
+HEAVY_CASES = {  # name -> config overrides of configs/heavy.py
+    "fedavg": {"algorithm": "fedavg"},
+    "fair2": {"capacities": "1:0.5,2:0.5"},
+    "fair256": {},  # the config's default capacities, 1:0.5,256:0.5
+}
+
+
+def heavy_config(case, quick=False):
+  from configs import heavy  # pylint: disable=g-import-not-at-top
+  config = heavy.get_config()
+  for key, value in HEAVY_CASES[case].items():
+    config[key] = value
+  if quick:
+    config.clients_per_round = 4
+    config.client.max_items = 1024
+  return config
+
+
+def _peak_rss_gb():
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("VmHWM:"):
+        return int(line.split()[1]) / 2**20
+  return float("nan")
+
+
+def _timed(fn):
+  """(result, wall seconds, CPU seconds of every thread of the process)."""
+  wall, cpu = time.perf_counter(), time.process_time()
+  out = jax.block_until_ready(fn())
+  return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def _local_only(sim, lv):
+  """The level's program without aggregation: local training, each client's params reduced to a scalar."""
+  level = sim.algorithm.levels[lv]
+  update = sim.engine.local_update(level)
+  cfg, size = sim.local_cfg, sim.group_size(lv)
+
+  def program(params, seeds, user_rows, items, mask, rngs, client_seeds):
+    shared = level.broadcast(params, seeds)
+
+    def group(xs):
+      user, it, mk, rng, sd = xs
+      steps = client_lib.live_step_count(mk, cfg).max()
+
+      def one(x):
+        u, i, m, r, s = x
+        new, _, loss = update(level.held(params, shared, s), u, i, m, r,
+                              level.model_seeds(sim.table_names, s), steps)
+        # One entry per leaf: the whole update ran (its loop carries every
+        # entry), and nothing of table size leaves the client.
+        return sum(x.ravel()[0] for x in jax.tree.leaves(new)) + loss
+      per = jax.vmap(one)(xs)
+      return (per.sum(),), per
+
+    return engine_lib.map_groups(group, (user_rows, items, mask, rngs, client_seeds), size)[0]
+  return jax.jit(program)
+
+
+def heavy_worker(case, quick, rounds):
+  """One case of `heavy_round` (run in a fresh process: its own peak memory)."""
+  from fairjax import evaluation  # pylint: disable=g-import-not-at-top
+  config = heavy_config(case, quick)
+  dataset = goodreads_like(QUICK_SHAPE if quick else None)
+  sim = simulate.Simulation(config, dataset)
+  state = sim.init_state()
+  state, compile_wall, _ = _timed(lambda: sim.round(state, 1)[0])
+  walls, cpus = [], []
+  for rnd in range(2, rounds + 2):
+    state, wall, cpu = _timed(lambda rnd=rnd: sim.round(state, rnd)[0])
+    walls.append(wall)
+    cpus.append(cpu)
+  evaluate = evaluation.Evaluator(dataset, "full")
+  ev = lambda: evaluate(sim.score_fns(state), sim.user_level, sim.levels.names)
+  first, eval_first, _ = _timed(ev)
+  eval_runs = [_timed(ev)[1:] for _ in range(2)]
+  peak = _peak_rss_gb()  # before the phase timings below, which the run never does
+
+  # Phases, each its own jitted program on round 2's clients.
+  phases = {"broadcast": [], "local training": [], "aggregation": [], "server step": []}
+  batches = sim.sample(2)
+  params, seeds = state["params"], jnp.asarray(sim.algorithm.seeds(2))
+  key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
+  for _ in range(3):
+    totals, weights = {}, {}
+    t_b = t_l = t_all = 0.0
+    for lv, batch in enumerate(batches):
+      if batch is None:
+        continue
+      level = sim.algorithm.levels[lv]
+      cols = slice(None, level.user_cols)
+      rows = {n: {"embedding": state["users"][n][batch.users][:, None, cols]}
+              for n in state["users"]}
+      rngs = jax.random.split(jax.random.fold_in(key, lv), len(batch.users))
+      t_b += _timed(lambda level=level: jax.jit(level.broadcast)(params, seeds))[1]
+      local = _local_only(sim, lv)
+      args = (rows, batch.items, batch.mask, rngs, batch.seeds)
+      jax.block_until_ready(local(params, seeds, *args))  # compiled outside the timing
+      t_l += _timed(lambda: local(params, seeds, *args))[1]
+      out, t, _ = _timed(lambda lv=lv, batch=batch, args=args: sim.engine.program(lv)(
+          (params, seeds), args[0], batch.items, batch.mask, batch.weights, args[3],
+          batch.seeds, batch.poison))
+      t_all += t
+      totals[lv], weights[lv] = out[0], out[1]
+    t_s = _timed(lambda: sim.engine.server_step(params, state["opt_state"], totals,
+                                                 weights))[1]
+    phases["broadcast"].append(t_b)
+    phases["local training"].append(t_l - t_b)
+    phases["aggregation"].append(t_all - t_l)
+    phases["server step"].append(t_s)
+  phases = {k: statistics.median(v) for k, v in phases.items()}
+
+  # The floor: the round's live client-steps at the time of the step's
+  # forward and backward pass alone (the model's arithmetic on the batch's
+  # rows; no optimizer, no table update), batched over 1 and 8 clients.
+  cfg = sim.local_cfg
+  live = sum(int(np.asarray(client_lib.live_step_count(b.mask, cfg)).sum())
+             for b in batches if b is not None) * cfg.local_epochs
+  floor_step = _step_floor_time(sim, state)
+  return {"case": case, "compile": compile_wall, "walls": walls, "cpus": cpus,
+          "eval_first": eval_first, "eval_walls": [w for w, _ in eval_runs],
+          "eval_cpus": [c for _, c in eval_runs], "ndcg": first["ndcg@20"],
+          "peak_rss_gb": peak, "phases": phases, "live_steps": live,
+          "floor_step": floor_step, "per_level": [int(k) for k in sim.per_level],
+          "group_sizes": [sim.group_size(lv) for lv in range(len(sim.per_level))],
+          "load": os.getloadavg()[0]}
+
+
+def _step_floor_time(sim, state, repeats=30):
+  """Seconds of one client's forward+backward pass on a minibatch, at 1 and 8 clients batched."""
+  cfg = sim.local_cfg
+  level = sim.algorithm.levels[0]
+  model = level.model
+  loss_fn = models.get_loss(cfg.loss)
+  row = {n: {"embedding": state["users"][n][:1, :level.user_cols]} for n in state["users"]}
+  seeds = jnp.asarray(sim.algorithm.seeds(0))
+  p = models.merge_user_params(row, level.held(state["params"], level.broadcast(
+      state["params"], seeds), seeds))
+  names = [n for n in model.tables if n in models.ITEM_TABLES]
+  tables = {n: p[n] for n in names}
+  rest = {k: v for k, v in p.items() if k not in names}
+
+  def grads(rest, pos, negs):
+    both = jnp.concatenate([pos[:, None], negs], axis=1)
+    users = jnp.zeros_like(both)
+    zeros = {n: {"rows": jnp.zeros(both.shape + (model.tables[n].cols,))}
+             for n in model.tables}
+
+    def objective(rest, rows):
+      logits = model.module.apply({"params": {**rest, **tables}, "perturbations": rows},
+                                  users, both)
+      return loss_fn(logits[:, 0], logits[:, 1:])
+    return jax.grad(objective, argnums=(0, 1))(rest, zeros)
+
+  best = float("inf")
+  k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+  for group in (1, 8):
+    pos = jax.random.randint(k1, (group, cfg.batch_size), 0, cfg.num_items)
+    negs = jax.random.randint(k2, (group, cfg.batch_size, cfg.num_negatives), 0,
+                              cfg.num_items)
+    many = jax.tree.map(lambda x, g=group: jnp.repeat(x[None], g, 0), rest)
+    fn = jax.jit(jax.vmap(grads))
+    jax.block_until_ready(fn(many, pos, negs))
+    runs = [_timed(lambda: fn(many, pos, negs))[1] for _ in range(repeats)]
+    best = min(best, statistics.median(runs) / group)
+  return best
+
+
+def heavy_round(quick=False):
+  """configs/heavy.py rounds on the Goodreads_100 shape: fedavg, FAIR 1x/2x, FAIR 1x/256x.
+
+  Each case runs in its own process (its own peak resident memory): one
+  warm-up round (compilation), then `rounds` timed rounds (the median is
+  the marginal seconds per round), three full-protocol evaluations (the
+  first compiles), and the round's phases timed as separate programs.
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  rounds = 2 if quick else 5
+  results = {}
+  load = [os.getloadavg()[0]]
+  for case in HEAVY_CASES:
+    code = ("import json; from fairjax import benchmarks; print('RESULT ' + json.dumps("
+            f"benchmarks.heavy_worker({case!r}, {quick}, {rounds})))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True,
+                          text=True, check=False, env=dict(os.environ))
+    if proc.returncode != 0:
+      raise RuntimeError(f"heavy_round worker {case} failed:\n{proc.stderr[-3000:]}")
+    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
+    results[case] = json.loads(line[len("RESULT "):])
+    load.append(results[case]["load"])
+  shape = QUICK_SHAPE if quick else GOODREADS_100
+  config = heavy_config("fair256", quick)
+  med = lambda xs: statistics.median(xs)
+  names = {"fedavg": "fedavg", "fair2": "FAIR 1x/2x", "fair256": "FAIR 1x/256x"}
+  rows, phase_rows = [], []
+  for case, r in results.items():
+    floor = r["live_steps"] * r["floor_step"]
+    rows.append(f"| {names[case]} | {', '.join(map(str, r['per_level']))} | "
+                f"{med(r['walls']):.2f} | {med(r['cpus']):.2f} | {r['live_steps']} | "
+                f"{floor:.2f} | {med(r['walls']) / floor:.1f}x | {med(r['eval_walls']):.2f} | "
+                f"{med(r['eval_cpus']):.2f} | {r['peak_rss_gb']:.2f} | {r['compile']:.0f} | "
+                f"{r['ndcg']:.4f} |")
+    ph = r["phases"]
+    phase_rows.append(f"| {names[case]} | " + " | ".join(
+        f"{ph[k]:.3f}" for k in ("broadcast", "local training", "aggregation",
+                                 "server step")) + f" | {med(r['eval_walls']):.2f} |")
+  table = "\n".join([
+      f"`configs/heavy.py` ({config.clients_per_round} clients per round, "
+      f"{config.local_epochs} local epochs, batch {config.client.batch_size}, at most "
+      f"{config.client.max_items} items per client, NeuMF d={config.embed_dim}, client "
+      f"{config.client.optimizer} (row-sparse: `client.sparse_update`), server "
+      f"{config.server.optimizer}) on a synthetic set of the Goodreads_100 shape "
+      f"({shape['num_users']} users, {shape['num_items']:,} items, {shape['train']:,} "
+      f"training and {shape['test']:,} test interactions, {shape['min_train']:,} to "
+      f"{shape['max_train']:,} training items per user, power-law popularity; "
+      "`benchmarks.goodreads_like`). One process per case; median of "
+      f"{rounds} rounds after a warm-up round; evaluation: the full protocol over "
+      "every item for every user, median of 2 after a warm-up; 1-minute load average "
+      f"{min(load):.1f} to {max(load):.1f} during the run (the machine's {os.cpu_count()} "
+      "cores are shared: wall times grow with the load, CPU times much less).",
+      "",
+      "| case | clients per level | round wall (s) | round CPU (s) | live client-steps | "
+      "floor (s) | round / floor | evaluation wall (s) | evaluation CPU (s) | peak RSS (GB) | "
+      "warm-up round incl. compile (s) | NDCG@20 after the rounds |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|",
+      *rows,
+      "",
+      "Floor: the round's live client-steps (minibatches that hold data, every "
+      "epoch) at the time of one step's forward and backward pass alone (the "
+      "model's arithmetic on the batch's 1 + K rows per example, no optimizer, no "
+      "table update; the fastest of 1 or 8 clients batched): what the round's "
+      "arithmetic costs with nothing else.",
+      "",
+      "Phases of one round (seconds, each timed as its own program on the same "
+      "clients; local training = the level's program with each client's result "
+      "reduced to a scalar, minus the broadcast; aggregation = the whole program "
+      "minus that: deltas, screening, the weighted sum, the lift):",
+      "",
+      "| case | broadcast | local training | aggregation | server step | evaluation |",
+      "|---|---|---|---|---|---|",
+      *phase_rows,
+  ])
+  r = results
+  summary = (f"heavy_round fedavg_s={med(r['fedavg']['walls']):.2f} "
+             f"fair2_s={med(r['fair2']['walls']):.2f} "
+             f"fair256_s={med(r['fair256']['walls']):.2f} "
+             f"eval_s={max(med(x['eval_walls']) for x in r.values()):.2f} "
+             f"peak_rss_gb={max(x['peak_rss_gb'] for x in r.values()):.2f}")
+  return BenchResult(table, summary)

@@ -9,13 +9,14 @@ The pieces (`epoch_batches`, `make_step`) are public so that a plain Python
 loop can run exactly the same math one jitted step at a time (the baseline
 of `launch.bench fair_round`).
 """
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from fairjax import models
+from fairjax import rowopt
 from fairjax import subspace
 
 
@@ -32,6 +33,18 @@ class LocalConfig(NamedTuple):
   # math as `optax.sgd(table_lr)` on the whole model; the simulator turns it
   # on when the client optimizer is sgd.
   table_lr: float = 0.0
+  # A row-sparse Adam or Adagrad for the item tables (`fairjax.rowopt`; the
+  # simulator sets it when the client optimizer is adam or adagrad): a step
+  # updates the rows (hashed: elements) its valid examples look up, and
+  # the optimizer updates the other params, user rows included.
+  table_opt: Optional[rowopt.RowOptimizer] = None
+
+
+def row_optimizer(cfg: LocalConfig) -> Optional[rowopt.RowOptimizer]:
+  """The row-sparse optimizer of the tables, or None (dense steps)."""
+  if cfg.table_lr > 0:
+    return rowopt.RowOptimizer("sgd", cfg.table_lr)
+  return cfg.table_opt
 
 
 def sample_negatives(rng, items, mask, shape, num_items):
@@ -85,22 +98,70 @@ def epoch_batches(key, items, mask, cfg: LocalConfig):
   return items[order], negs, valid
 
 
-def sparse_tables(model: models.ModelDef, cfg: LocalConfig):
-  """Names of the tables that take sparse row steps (none unless table_lr > 0).
+def sparse_tables(model: models.ModelDef, cfg: LocalConfig, penalty=None):
+  """Names of the tables that take sparse row steps (none without a row optimizer).
 
-  Every plain or hashed table; low-rank factors (FedHM) stay dense.
+  Every plain or hashed table; low-rank factors (FedHM) stay dense. With
+  sgd the user rows too (a row step there is the same math); with adam or
+  adagrad the user tables (one row on a client) go to the dense optimizer.
+  A penalty's gradient is dense (FedProx's reaches every row the client has
+  moved): only sgd keeps its sparse step then, and the others step densely.
   """
-  if not cfg.table_lr > 0:
+  opt = row_optimizer(cfg)
+  if opt is None or (penalty is not None and opt.name != "sgd"):
     return ()
-  return tuple(n for n in model.tables if model.module.item_rank is None
-               or n in models.USER_TABLES)
+  return tuple(n for n in model.tables
+               if (model.module.item_rank is None or n in models.USER_TABLES)
+               and (opt.name == "sgd" or n not in models.USER_TABLES))
 
 
 def init_opt_state(model: models.ModelDef, optimizer: optax.GradientTransformation,
-                   cfg: LocalConfig, params):
-  """The local optimizer's state over the params it updates."""
-  names = sparse_tables(model, cfg)
-  return optimizer.init({k: v for k, v in params.items() if k not in names})
+                   cfg: LocalConfig, params, penalty=None):
+  """The local optimizer's state over the params it updates.
+
+  With sgd row steps, the optimizer's state over the other params; with a
+  row-sparse adam or adagrad, `(that state, {"count": int32, table: its
+  row-optimizer state})`.
+  """
+  names = sparse_tables(model, cfg, penalty)
+  dense = optimizer.init({k: v for k, v in params.items() if k not in names})
+  opt = row_optimizer(cfg)
+  if not names or opt.name == "sgd":
+    return dense
+  rows = {n: rowopt.init(opt, params[n]["embedding"]) for n in names}
+  return dense, dict(rows, count=jnp.zeros((), jnp.int32))
+
+
+def touched_bound(model: models.ModelDef, cfg: LocalConfig, num_slots):
+  """Per table, at most how many units a client's local training touches.
+
+  `num_slots` is the client's padded item count L: every epoch looks up
+  ceil(L / B) * B * (1 + K) item rows, the whole of a plain table's row or
+  `cols` elements of a hashed one.
+  """
+  steps = -(-num_slots // cfg.batch_size) * cfg.local_epochs
+  lookups = steps * cfg.batch_size * (1 + cfg.num_negatives)
+  return {n: lookups * (1 if s.size is None else s.cols) for n, s in model.tables.items()}
+
+
+def finish(model: models.ModelDef, cfg: LocalConfig, params, opt_state, num_slots,
+           penalty=None):
+  """Ends local training: what the row optimizer still owes (Adam's catch-up) is applied.
+
+  A no-op unless the tables take row-sparse Adam with `catch_up`; then
+  every table equals what dense Adam would have made of it.
+  """
+  names = sparse_tables(model, cfg, penalty)
+  opt = row_optimizer(cfg)
+  if not names or opt.name != "adam" or not opt.catch_up:
+    return params
+  _, rows = opt_state
+  bound = touched_bound(model, cfg, num_slots)
+  params = dict(params)
+  for n in names:
+    w, _ = rowopt.flush(opt, params[n]["embedding"], rows[n], rows["count"], bound[n])
+    params[n] = {"embedding": w}
+  return params
 
 
 def make_step(model: models.ModelDef, optimizer: optax.GradientTransformation,
@@ -114,7 +175,9 @@ def make_step(model: models.ModelDef, optimizer: optax.GradientTransformation,
   perturbations on each lookup) and scattered back through the lookup's
   transpose, so a step never builds or touches a whole table. `optimizer`
   then updates only the remaining (dense) params, and its state must come
-  from `init_opt_state`.
+  from `init_opt_state`. With `cfg.table_opt` (row-sparse Adam or Adagrad,
+  `fairjax.rowopt`) the item tables take that optimizer's step on the rows
+  (hashed: elements) the batch's valid examples looked up, the same way.
 
   `penalty(params, anchor)` (an algorithm's, e.g. FedProx's proximal term)
   is added to the objective; `anchor` is the params the client started its
@@ -127,7 +190,8 @@ def make_step(model: models.ModelDef, optimizer: optax.GradientTransformation,
   """
   loss_fn = models.get_loss(cfg.loss)
   specs = model.tables
-  names = sparse_tables(model, cfg)
+  names = sparse_tables(model, cfg, penalty)
+  row_opt = row_optimizer(cfg)
 
   def batch(pos, negs):
     # One apply over [positive, negatives] keeps the traced graph small.
@@ -158,8 +222,30 @@ def make_step(model: models.ModelDef, optimizer: optax.GradientTransformation,
     tables = {n: params[n] for n in names}
     rest = {k: v for k, v in params.items() if k not in names}
     ids = {n: users if n in models.USER_TABLES else both for n in names}
-    zeros = {n: {"rows": jnp.zeros(ids[n].shape + (specs[n].cols,),
-                                   tables[n]["embedding"].dtype)} for n in names}
+    if row_opt.name != "sgd":
+      dense_state, row_state = opt_state
+      row_state = dict(row_state)
+      units = {}
+      for n in names:
+        # The units (rows, or a hashed table's elements) the valid examples
+        # look up; padding's lookups point past the table and are dropped.
+        spec = specs[n] if not (seeds and n in seeds) else specs[n]._replace(seed=seeds[n])
+        u, signs = subspace.lookup_units(spec, ids[n])
+        u = jnp.where(ok.reshape(ok.shape + (1,) * (u.ndim - 1)), u,
+                      tables[n]["embedding"].shape[0])
+        units[n] = (u.reshape(-1), signs)
+        # Catch-up Adam: the rows this step reads first take the steps they skipped.
+        w, row_state[n] = rowopt.catch_up(row_opt, tables[n]["embedding"], row_state[n],
+                                          units[n][0], row_state["count"])
+        tables[n] = {"embedding": w}
+    else:
+      dense_state, row_state = opt_state, None
+    # Every lookup gets a perturbation (Flax wants all or none); the rest's
+    # gradient comes through the params, the tables' through these rows.
+    looked = {n: users if n in models.USER_TABLES else both for n in specs
+              if model.module.item_rank is None or n in models.USER_TABLES}
+    zeros = {n: {"rows": jnp.zeros(looked[n].shape + (specs[n].cols,),
+                                   params[n]["embedding"].dtype)} for n in looked}
 
     def objective(rest, rows):
       logits = model.module.apply({"params": {**rest, **tables}, "perturbations": rows},
@@ -167,22 +253,41 @@ def make_step(model: models.ModelDef, optimizer: optax.GradientTransformation,
       return loss_fn(logits[:, 0], logits[:, 1:], valid)
 
     loss, (g_rest, g_rows) = jax.value_and_grad(objective, argnums=(0, 1))(rest, zeros)
+    live = ok.any()
     if penalty:
       # Zero on padding, like the loss's gradient, so a padding step moves nothing.
-      g_pen = jax.grad(lambda p: penalty(p, anchor) * ok.any())(params)
+      g_pen = jax.grad(lambda p: penalty(p, anchor) * live)(params)
       g_rest = jax.tree.map(jnp.add, g_rest, {k: g_pen[k] for k in rest})
       tables = {n: {"embedding": tables[n]["embedding"] - cfg.table_lr
                     * g_pen[n]["embedding"]} for n in names}
-    updates, new_state = optimizer.update(g_rest, opt_state, rest)
+    updates, new_dense = optimizer.update(g_rest, dense_state, rest)
     new_params = dict(optax.apply_updates(rest, updates))
+    # A batch of padding must not move anything (Adam would, on zeros).
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(live, a, b), new, old)
+    new_params, new_dense = keep((new_params, new_dense), (rest, dense_state))
+    plain_segment = None
+    if row_state is not None:
+      count = row_state["count"] + live.astype(jnp.int32)
+      row_state["count"] = count
     for n in names:
       spec = specs[n]
       if seeds and n in seeds:
         spec = spec._replace(seed=seeds[n])
-      new_params[n] = {"embedding": subspace.lookup_add(
-          tables[n]["embedding"], spec, ids[n], -cfg.table_lr * g_rows[n]["rows"])}
+      w, g = tables[n]["embedding"], g_rows[n]["rows"]
+      if row_opt.name == "sgd":
+        new_params[n] = {"embedding": subspace.lookup_add(w, spec, ids[n], -cfg.table_lr * g)}
+        continue
+      u, signs = units[n]
+      g = (g if signs is None else signs.astype(g.dtype) * g).reshape((-1,) + w.shape[1:])
+      if signs is None and n in models.ITEM_TABLES:  # plain item tables share their units
+        segment = plain_segment = (rowopt.repeats(u) if plain_segment is None
+                                   else plain_segment)
+      else:
+        segment = None
+      w, row_state[n] = rowopt.update(row_opt, w, row_state[n], count, u, g, segment)
+      new_params[n] = {"embedding": w}
     # Padding has a zero gradient, and an SGD step on zeros moves nothing.
-    live = ok.any()
+    new_state = new_dense if row_state is None else (new_dense, row_state)
     return (new_params, new_state), (loss * live, live)
 
   return sparse_step if names else dense_step
@@ -220,7 +325,7 @@ def make_local_update(model: models.ModelDef, optimizer: optax.GradientTransform
   def update(shared, user, items, mask, rng, seeds=None, num_steps=None):
     params = models.merge_user_params(user, shared)
     anchor = params if penalty else None
-    opt_state = init_opt_state(model, optimizer, cfg, params)
+    opt_state = init_opt_state(model, optimizer, cfg, params, penalty)
 
     # Steps past the client's own data change nothing, so a while loop stops
     # there. Under vmap, pass `num_steps` unbatched (the group's longest
@@ -242,8 +347,9 @@ def make_local_update(model: models.ModelDef, optimizer: optax.GradientTransform
           (jnp.zeros((), jnp.int32), carry, zero, jnp.zeros((), jnp.int32)))
       return carry, (loss_sum, live_sum)
 
-    (params, _), (loss_sum, live_sum) = jax.lax.scan(
+    (params, opt_state), (loss_sum, live_sum) = jax.lax.scan(
         epoch, (params, opt_state), epoch_keys(rng, cfg.local_epochs))
+    params = finish(model, cfg, params, opt_state, mask.shape[-1], penalty)
     user_new, shared_new = models.split_user_params(params, model.module.kind)
     loss = loss_sum.sum() / jnp.maximum(live_sum.sum(), 1)
     return shared_new, user_new, loss

@@ -47,9 +47,80 @@ def hit_and_ndcg(ranks, k=SAMPLED_K):
 
 
 @jax.jit
-def _full_topk(scores, train_mask):
+def _merge_topk(best_scores, best_items, scores, train_mask, first):
+  """The running top-k after one chunk of items (`first` .. first + C - 1).
+
+  The chunk's masked scores are appended after the best so far, whose items
+  all have lower ids; `lax.top_k` puts the lower position first among equal
+  scores, so the result is what one `top_k` over all items gives.
+  """
   scores = jnp.where(train_mask, -jnp.inf, scores)
-  return jax.lax.top_k(scores, FULL_K)[1]
+  items = first + jnp.arange(scores.shape[1], dtype=jnp.int32)
+  both = jnp.concatenate([best_scores, scores], axis=1)
+  top, at = jax.lax.top_k(both, best_scores.shape[1])
+  ids = jnp.concatenate([best_items, jnp.broadcast_to(items, scores.shape)], axis=1)
+  return top, jnp.take_along_axis(ids, at, axis=1)
+
+
+# Scores computed at once in the full protocol's chunks (users x items): the
+# memory a chunk takes is a small multiple of this many floats per layer width.
+PAIRS_PER_CHUNK = 1 << 20
+
+
+def full_topk(score_fn: Callable, users, num_items, train_indptr, train_items, k=FULL_K,
+              item_chunk=None):
+  """Each user's k best items over the whole catalogue, training items masked.
+
+  Items are scored in chunks of `item_chunk` (default: PAIRS_PER_CHUNK /
+  len(users)) and merged into a running top-k, so memory stays bounded by
+  the chunk whatever the catalogue; the result is the same as one top-k over
+  every item (ties go to the lower item id either way).
+
+  Args:
+    score_fn: `(users [B], items [B, C]) -> [B, C]`; if it has a `grid`
+      attribute, `grid(users [B], items [C]) -> [B, C]` (every user against
+      the same items) is called instead.
+    users: [B] user ids.
+    num_items: catalogue size.
+    train_indptr, train_items: CSR of each user's training items.
+    k: how many items.
+    item_chunk: items per chunk.
+
+  Returns:
+    int32 [B, k] item ids, best first.
+  """
+  users = np.asarray(users)
+  b = len(users)
+  if item_chunk is None:
+    item_chunk = max(FULL_K, PAIRS_PER_CHUNK // max(b, 1))
+  chunk = int(min(item_chunk, num_items))
+  grid = getattr(score_fn, "grid", None)
+  # Every user's training items, as (row, item) pairs sorted by item.
+  counts = train_indptr[users + 1] - train_indptr[users]
+  rows = np.repeat(np.arange(b), counts)
+  own = (np.concatenate([train_items[train_indptr[u]:train_indptr[u + 1]] for u in users])
+         if b else np.zeros((0,), np.int64))
+  order = np.argsort(own, kind="stable")
+  rows, own = rows[order], own[order]
+  bounds = np.searchsorted(own, np.arange(0, num_items + chunk, chunk))
+  # -1: no item (a user with fewer than k unmasked items keeps some).
+  best = (jnp.full((b, k), -jnp.inf, jnp.float32), jnp.full((b, k), -1, jnp.int32))
+  for c, first in enumerate(range(0, num_items, chunk)):
+    # The last chunk is padded to the same width (one compiled shape); its
+    # padding scores -inf and is never picked ahead of a real item.
+    items = np.arange(first, first + chunk, dtype=np.int32)
+    pad = items >= num_items
+    items = np.where(pad, 0, items)
+    if grid is not None:
+      scores = grid(users, items)
+    else:
+      scores = score_fn(users, np.broadcast_to(items, (b, chunk)))
+    mask = np.zeros((b, chunk), bool)
+    mask[:, pad] = True
+    sel = slice(bounds[c], bounds[c + 1])
+    mask[rows[sel], own[sel] - first] = True
+    best = _merge_topk(*best, jnp.asarray(scores, jnp.float32), mask, jnp.int32(first))
+  return np.asarray(best[1])
 
 
 def full_per_user(top_items, test_sets):
@@ -103,15 +174,20 @@ def evaluate_sampled(score_fn: Callable, users, candidates, batch_size=4096):
 
 
 def evaluate_full(score_fn: Callable, num_items, test_users, test_items,
-                  train_indptr, train_items, batch_size=256):
+                  train_indptr, train_items, batch_size=256, item_chunk=None):
   """Full protocol: every item ranked, the user's training items masked.
 
+  Users are taken `batch_size` at a time and items in chunks (`full_topk`),
+  so memory stays bounded whatever the catalogue's size.
+
   Args:
-    score_fn: (users [B], items [B, num_items]) -> scores [B, num_items].
+    score_fn: (users [B], items [B, C]) -> scores [B, C], optionally with a
+      `grid` attribute (see `full_topk`).
     num_items: number of items.
     test_users, test_items: test interactions.
     train_indptr, train_items: CSR of each user's training items.
-    batch_size: users per call.
+    batch_size: users per chunk.
+    item_chunk: items per chunk (default: see `full_topk`).
 
   Returns:
     (users [U'], dict "ndcg@20"/"recall@20" -> [U']) for users with tests.
@@ -121,17 +197,14 @@ def evaluate_full(score_fn: Callable, num_items, test_users, test_items,
   tu, ti = test_users[order], np.asarray(test_items)[order]
   users, starts = np.unique(tu, return_index=True)
   ends = np.append(starts[1:], len(tu))
-  all_items = np.arange(num_items, dtype=np.int32)
   ndcgs, recalls = [], []
   for s in range(0, len(users), batch_size):
     ub = users[s:s + batch_size]
     n = len(ub)
-    padded = np.pad(ub, (0, batch_size - n)) if len(users) > batch_size else ub
-    mask = np.zeros((len(padded), num_items), bool)
-    for r, u in enumerate(ub):
-      mask[r, train_items[train_indptr[u]:train_indptr[u + 1]]] = True
-    items = np.broadcast_to(all_items, (len(padded), num_items))
-    top = np.asarray(_full_topk(score_fn(padded, items), mask))[:n]
+    # Padded to one compiled shape (padding repeats a real user).
+    padded = np.pad(ub, (0, batch_size - n), mode="edge") if len(users) > batch_size else ub
+    top = full_topk(score_fn, padded, num_items, train_indptr, train_items,
+                    item_chunk=item_chunk)[:n]
     tests = [ti[starts[s + r]:ends[s + r]] for r in range(n)]
     nd, rc = full_per_user(top, tests)
     ndcgs.append(nd)

@@ -26,6 +26,7 @@ from fairjax import data as data_lib
 from fairjax import engine as engine_lib
 from fairjax import metrics
 from fairjax import models
+from fairjax import rowopt
 from fairjax import sampling
 from fairjax import scoring
 from fairjax import server as server_lib
@@ -93,10 +94,16 @@ class Simulation:
     self.algorithm = algorithms.make(config.algorithm, ctx)
     self.local_opt = make_optimizer(c.optimizer, c.lr)
     self.server_opt = server_optimizer(config.server)
-    sparse = bool(c.get("sparse_update", True)) and c.optimizer == "sgd"
+    # Row-sparse table steps (client.sparse_update): sgd as lookup_add,
+    # adam and adagrad through fairjax.rowopt; other optimizers step densely.
+    sparse = bool(c.get("sparse_update", True)) and c.optimizer in rowopt.NAMES
+    table_opt = None
+    if sparse and c.optimizer != "sgd":
+      table_opt = rowopt.make(c.optimizer, float(c.lr), bool(c.get("catch_up", False)))
     self.local_cfg = client_lib.LocalConfig(c.loss, dataset.num_items, int(c.num_negatives),
                                             int(c.batch_size), int(config.local_epochs),
-                                            float(c.lr) if sparse else 0.0)
+                                            float(c.lr) if sparse and c.optimizer == "sgd"
+                                            else 0.0, table_opt)
     self.screen = server_lib.Screen(float(config.server.max_update_norm),
                                     float(config.server.clip_norm))
     self.indptr, self.items = data_lib.train_csr(dataset)

@@ -237,6 +237,20 @@ def lookup_add(w, spec, ids, rows):
   return w.at[b].add(g.astype(w.dtype) * rows.astype(w.dtype))
 
 
+def lookup_units(spec, ids):
+  """The entries of the stored table that `lookup(w, spec, ids)` reads, and their signs.
+
+  Returns `(units, signs)`: `(ids, None)` for a plain spec (whole rows of
+  `w`); for a hashed one the bucket and sign of every element of the rows,
+  each `ids.shape + (cols,)`. `lookup_add(w, spec, ids, rows)` equals
+  `w.at[units].add(rows)` (plain) or `w.at[units].add(signs * rows)` (hashed).
+  """
+  ids = jnp.asarray(ids)
+  if spec.size is None:
+    return ids, None
+  return _row_buckets(spec, ids)
+
+
 def expand(w, spec):
   """The full table `P_m w`, `[rows, cols]` (identity for a plain spec)."""
   if spec.size is None:

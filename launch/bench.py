@@ -2,6 +2,7 @@ r"""Runs a named benchmark, prints its table and writes it to BENCHMARKS.md.
 
   python -m launch.bench fair_round
   python -m launch.bench sparse_layer [--quick]
+  python -m launch.bench heavy_round [--quick]
   python -m launch.bench fair_round --data=ratings.csv   # any interactions file
 
 Each benchmark lives in a library module and returns a `BenchResult`; this
@@ -32,6 +33,7 @@ _OUTPUT = flags.DEFINE_string(
 BENCHMARKS = {
     "fair_round": "fairjax.benchmarks:fair_round",
     "fair_scaling": "fairjax.benchmarks:fair_scaling",
+    "heavy_round": "fairjax.benchmarks:heavy_round",
     "sparse_layer": "sparse.benchmarks:sparse_layer",
 }
 

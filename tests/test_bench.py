@@ -67,3 +67,50 @@ def test_sparse_layer_bench_quick_reports_every_inference_setting():
                   "lsh_recall_5k", "p@1_gap"]
   for name in ("calibrated", "votes only (F=0)", "F=32 + votes"):
     assert out.count(f"| {name} |") == 2
+
+
+def test_goodreads_like_has_the_shape_asked_for():
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  shape = dict(benchmarks.QUICK_SHAPE)
+  ds = benchmarks.goodreads_like(shape)
+  train = np.bincount(ds.train_users, minlength=ds.num_users)
+  test = np.bincount(ds.test_users, minlength=ds.num_users)
+  assert (ds.num_users, ds.num_items) == (shape["num_users"], shape["num_items"])
+  assert train.sum() == shape["train"] and test.sum() == shape["test"]
+  assert train.min() == shape["min_train"] and train.max() == shape["max_train"]
+  for u in range(ds.num_users):  # no test pair is a train pair
+    assert not np.intersect1d(ds.train_items[ds.train_users == u],
+                              ds.test_items[ds.test_users == u]).size
+  # Power-law popularity: the most popular items are far above the median one.
+  counts = np.sort(np.bincount(np.concatenate([ds.train_items, ds.test_items]),
+                               minlength=ds.num_items))[::-1]
+  assert counts[0] > 5 * max(1, counts[len(counts) // 2])
+
+
+@pytest.mark.slow
+def test_heavy_round_bench_quick_reports_every_case(tmp_path):
+  # `python -m launch.bench heavy_round --quick` (a few minutes: one process
+  # per case, each compiling its round and its evaluation).
+  out = tmp_path / "BENCH.md"
+  done = run_launch("launch.bench", ["heavy_round", "--quick", f"--output={out}"])
+  assert done.returncode == 0, done.stderr[-2000:]
+  last = done.stdout.strip().splitlines()[-1]
+  pairs = [kv.split("=") for kv in last.split()[1:]]
+  assert last.startswith("heavy_round ")
+  assert [k for k, _ in pairs] == ["fedavg_s", "fair2_s", "fair256_s", "eval_s", "peak_rss_gb"]
+  assert all(float(v) > 0 for _, v in pairs)
+  for name in ("fedavg", "FAIR 1x/2x", "FAIR 1x/256x"):
+    assert done.stdout.count(f"| {name} |") == 2  # the table and the phases
+  assert not out.exists()  # --quick leaves BENCHMARKS.md alone
+
+
+@pytest.mark.parametrize("catch_up", [False, True])
+def test_loop_of_jitted_steps_computes_the_round_with_row_sparse_adam(small_csv, catch_up):
+  sim = make_sim(small_csv, capacities="1:0.5,4:0.5",
+                 **{"client.optimizer": "adam", "client.lr": 0.01,
+                    "client.catch_up": catch_up, "fair.execution": "scan"})
+  assert sim.local_cfg.table_opt is not None and sim.local_cfg.table_opt.catch_up == catch_up
+  state = sim.init_state()
+  vmapped = sim.round(state, 1)[0]["params"]
+  looped = benchmarks.loop_round(sim, state, 1, benchmarks.build_loop_fns(sim))
+  chex.assert_trees_all_close(looped, vmapped, atol=1e-5)

@@ -75,3 +75,57 @@ def test_both_protocols_report_the_union_of_sampled_and_full(small_csv):
       metrics.metric_names("full"))
   assert {"hr@10", "ndcg@20", "level/4x/recall@20"} <= set(both)
 
+
+
+def _unchunked_topk(scores, users, indptr, train_items, k=metrics.FULL_K):
+  """The protocol before chunking: one mask over every item, one top-k."""
+  import jax  # pylint: disable=g-import-not-at-top
+  mask = np.zeros(scores.shape, bool)
+  for r, u in enumerate(users):
+    mask[r, train_items[indptr[u]:indptr[u + 1]]] = True
+  return np.asarray(jax.lax.top_k(np.where(mask, -np.inf, scores), k)[1])
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 20, 64, 1000])
+def test_full_topk_in_chunks_is_one_topk_over_every_item(chunk):
+  rng = np.random.default_rng(0)
+  num_users, num_items = 9, 101
+  # Few distinct values: many ties, which must go to the lower item id.
+  table = rng.integers(0, 6, (num_users, num_items)).astype(np.float32)
+  counts = rng.integers(0, 90, num_users)
+  counts[3] = num_items - 5  # fewer than 20 unmasked items: -inf fills the tail
+  train = [np.sort(rng.choice(num_items, c, replace=False)) for c in counts]
+  indptr = np.concatenate([[0], np.cumsum(counts)])
+  train_items = np.concatenate(train).astype(np.int32)
+  users = np.array([4, 0, 3, 3, 8])
+  score = lambda u, items: table[np.asarray(u)[:, None], np.asarray(items)]
+  want = _unchunked_topk(table[users], users, indptr, train_items)
+  got = metrics.full_topk(score, users, num_items, indptr, train_items, item_chunk=chunk)
+  # A user with fewer than 20 unmasked items (user 3 has 5) gets no item
+  # (-1) after them, where one top-k over all items lists masked training
+  # items there (never a test item): the same metrics.
+  unmasked = np.minimum(num_items - counts[users], metrics.FULL_K)
+  assert unmasked.min() == 5 and unmasked.max() == metrics.FULL_K
+  for r, n in enumerate(unmasked):
+    np.testing.assert_array_equal(got[r, :n], want[r, :n])
+    assert (got[r, n:] == -1).all()
+  # The grid form (every user against the same items) gives the same.
+  score.grid = lambda u, items: table[np.asarray(u)][:, np.asarray(items)]
+  np.testing.assert_array_equal(
+      metrics.full_topk(score, users, num_items, indptr, train_items, item_chunk=chunk), got)
+  # A scorer that disagrees gives another answer: the comparison can fail.
+  other = lambda u, items: -table[np.asarray(u)[:, None], np.asarray(items)]
+  assert (metrics.full_topk(other, users, num_items, indptr, train_items,
+                            item_chunk=chunk) != want).any()
+
+
+def test_full_protocol_metrics_do_not_depend_on_the_chunks(small_csv, monkeypatch):
+  from fairjax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from fairjax import evaluation  # pylint: disable=g-import-not-at-top
+  from conftest import small_config  # pylint: disable=g-import-not-at-top
+  ds = data_lib.load(small_config(small_csv).data)
+  score = lambda users, items: (items * 7919 % 101 + users[:, None] % 7).astype(np.float32)
+  full = evaluation.Evaluator(ds, "full", seed=3)
+  whole = full(score)
+  monkeypatch.setattr(metrics, "PAIRS_PER_CHUNK", 64)  # chunks of 1 or 2 items
+  assert full(score) == whole

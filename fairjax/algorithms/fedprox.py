@@ -12,6 +12,8 @@ gradient `mu (w - w_start)` is nonzero on every entry a client has moved, not
 only on the rows of the batch, so its part of the step is a dense
 O(table) update (see `client.make_step`); the loss's part stays a row
 update. A compressed level's table is small, so this costs little there.
+With an adam or adagrad client the tables take dense steps under a penalty
+(`client.sparse_tables`): a row-sparse Adam cannot take a dense gradient.
 
   --config.algorithm=fedprox            # mu = 0.01
   --config.algorithm=fedprox:mu=0.1
