@@ -18,8 +18,9 @@ from fairjax import validation
 from fairjax.errors import InputError
 
 def progress_bar(iterable, total, desc, initial=0):
+  """A tqdm bar on stderr (off without a terminal); it stays, with the last metrics."""
   return tqdm(iterable, total=total, desc=desc, initial=initial, file=sys.stderr,
-              dynamic_ncols=True, leave=False, disable=None)
+              dynamic_ncols=True, leave=True, disable=None)
 
 
 def prepare_workdir(workdir):

@@ -238,3 +238,10 @@ def show_progress(bar, what, record, names):
     return
   print(f"{what}: " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()),
         file=sys.stderr, flush=True)
+
+
+def say(text):
+  """Prints a line on stderr without breaking a progress bar drawn there."""
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  tqdm.write(text, file=sys.stderr)
+  sys.stderr.flush()

@@ -22,6 +22,7 @@ from fairjax import algorithms
 from fairjax import capacity
 from fairjax import checkpoint
 from fairjax import client as client_lib
+from fairjax import compilation
 from fairjax import data as data_lib
 from fairjax import engine as engine_lib
 from fairjax import metrics
@@ -210,6 +211,12 @@ class Simulation:
 
 def run(config, dataset, evaluate, workdir, progress):
   """Runs the federated experiment; resumes from WORKDIR/checkpoints/."""
+  setup_start = time.time()
+  tally = compilation.Tally()
+  cache = compilation.cache_dir()
+  metrics.say("compiling: the first round builds the training programs and the first "
+              "evaluation the scoring ones (" + (f"compilation cache: {cache}" if cache
+                                                 else "no compilation cache") + ")")
   sim = Simulation(config, dataset)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   # The config is stored with each checkpoint: a rerun with other settings is refused.
@@ -244,6 +251,10 @@ def run(config, dataset, evaluate, workdir, progress):
   last_eval = start_round
   for rnd in bar:
     state, stats = sim.round(state, rnd)
+    if rnd == start_round + 1:
+      jax.block_until_ready(state["params"])
+      metrics.say(f"round {rnd} done {time.time() - setup_start:.1f}s after the start "
+                  f"(setup included): {tally.summary()}")
     checkpoint.crash_point("round", rnd)  # test hook: a kill mid-training
     is_last = rnd == rounds
     if rnd % every == 0 or is_last:
@@ -257,8 +268,14 @@ def run(config, dataset, evaluate, workdir, progress):
                 "time/round_seconds": (time.time() - round_start) / max(1, rnd - last_eval)}
       record.update(static)
       t0 = time.time()
+      first_eval = final is None
+      if first_eval:
+        tally.reset()
       record.update(evaluate(sim.score_fns(state), sim.user_level, names))
       record["time/eval_seconds"] = time.time() - t0
+      if first_eval:
+        metrics.say(f"evaluation at round {rnd} took {record['time/eval_seconds']:.1f}s, "
+                    f"{tally.summary()}")
       if is_last:
         record["final"] = True
         if int(state["answered_rounds"]) == 0:

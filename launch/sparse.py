@@ -38,6 +38,7 @@ def main(argv):
   cfg = cli.load_config(_CONFIG)
   if cfg is None:
     _fail("--config: give a config file")
+  cli.enable_compilation_cache()
   try:
     experiment.check_config(cfg)
     arrays = None

@@ -1,6 +1,7 @@
 """launch.train end to end: tiny runs of every entry path and bad input."""
 import json
 import os
+import re
 
 import pytest
 
@@ -30,6 +31,12 @@ def test_fair_end_to_end_writes_metrics_and_resumes(tmp_path, small_csv):
   assert "| overall |" in proc.stdout and "| 4x |" in proc.stdout
   # Without a terminal (here, a pipe) each evaluation is one progress line.
   assert "round 2/4: hr@10" in proc.stderr and "round 4/4: hr@10" in proc.stderr
+  # Compilation is announced, and its time reported after the first round
+  # and the first evaluation.
+  assert "compiling: the first round" in proc.stderr
+  assert re.search(r"round 1 done [\d.]+s after the start \(setup included\): "
+                   r"[\d.]+s compiling \d+ program", proc.stderr), proc.stderr
+  assert re.search(r"evaluation at round 2 took [\d.]+s, [\d.]+s compiling", proc.stderr)
   assert os.listdir(os.path.join(workdir, "checkpoints"))
   # Rerunning the finished run resumes from its last checkpoint: same result.
   again = run_launch("launch.train", args)
