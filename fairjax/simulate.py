@@ -25,6 +25,7 @@ from fairjax import client as client_lib
 from fairjax import compilation
 from fairjax import data as data_lib
 from fairjax import engine as engine_lib
+from fairjax import evaluation
 from fairjax import metrics
 from fairjax import models
 from fairjax import sampling
@@ -48,15 +49,52 @@ def server_optimizer(cfg):
   return make_optimizer(cfg.optimizer, cfg.lr, eps=eps or None)
 
 
+def build_model(config, num_items, num_users=1, item_sizes=None, seeds=None, **kwargs):
+  """The model `config` describes (`config.model`, embed_dim, mlp_layers).
+
+  Args:
+    config: the experiment ConfigDict.
+    num_items: items of the dataset (rows of the full item tables).
+    num_users: rows of its user tables (1: one client's own row).
+    item_sizes, seeds: hashed item tables (see `models.make_model`).
+    **kwargs: passed on to `models.make_model`.
+
+  Returns:
+    A flax module.
+  """
+  return models.make_model(config.model, num_users, num_items, config.embed_dim,
+                           tuple(config.mlp_layers), item_sizes, seeds, **kwargs)
+
+
+def context(config, dataset):
+  """The `algorithms.Context` a run of `config` on `dataset` builds its algorithm on.
+
+  With it a notebook builds any algorithm by hand, e.g.
+  `algorithms.hashed.fair(context(config, dataset))`, and runs it with
+  `Simulation(config, dataset, algorithm=...)`.
+  """
+  validation.validate(config)
+  levels = capacity.parse_capacities(config.capacities)
+  shapes = {p: (dataset.num_items, int(config.embed_dim))
+            for p in models.item_table_paths(config.model)}
+  return algorithms.Context(levels, shapes, config.fair.hash_seed,
+                            bool(config.fair.exact_sizes),
+                            functools.partial(build_model, config, dataset.num_items),
+                            dataset.num_users, config.fair)
+
+
 class Simulation:
   """The state-free parts of a federated run: plan, models, programs.
 
   Args:
     config: the experiment ConfigDict.
     dataset: a `fairjax.data.Dataset`.
+    algorithm: what runs: None (the one `config.algorithm` names), a name
+      such as "fedprox:mu=0.1", an `algorithms.Algorithm` value built on
+      `context(config, dataset)`, or a function `ctx -> Algorithm`.
   """
 
-  def __init__(self, config, dataset):
+  def __init__(self, config, dataset, algorithm=None):
     validation.validate(config)
     self.config = config
     self.dataset = dataset
@@ -68,10 +106,20 @@ class Simulation:
     self.shapes = {p: (dataset.num_items, int(config.embed_dim))
                    for p in models.item_table_paths(self.kind)}
     self.table_names = [p[0] for p in self.shapes]
-    ctx = algorithms.Context(self.levels, self.shapes, config.fair.hash_seed,
-                             bool(config.fair.exact_sizes), self._model, dataset.num_users,
-                             config.fair)
-    self.algorithm = algorithms.make(config.algorithm, ctx)
+    self.context = context(config, dataset)
+    if algorithm is None or isinstance(algorithm, str):
+      self.algorithm = algorithms.make(algorithm or config.algorithm, self.context)
+    elif isinstance(algorithm, algorithms.Algorithm):
+      self.algorithm = algorithm
+    elif callable(algorithm):
+      self.algorithm = algorithm(self.context)
+    else:
+      raise TypeError(f"algorithm: a name, an algorithms.Algorithm or a function of a "
+                      f"Context, got {type(algorithm).__name__}")
+    if len(self.algorithm.levels) != len(self.levels.compressions):
+      raise ValueError(f"algorithm: it has {len(self.algorithm.levels)} levels, the config's "
+                       f"capacities {len(self.levels.compressions)}; build it on "
+                       "simulate.context(config, dataset)")
     self.local_opt = make_optimizer(c.optimizer, c.lr)
     self.server_opt = server_optimizer(config.server)
     sparse = bool(c.get("sparse_update", True)) and c.optimizer == "sgd"
@@ -112,9 +160,8 @@ class Simulation:
     self.scorer = scoring.Scorer(self.algorithm, self.table_names)
 
   def _model(self, num_users, item_sizes=None, seeds=None, **kwargs):
-    return models.make_model(self.kind, num_users, self.dataset.num_items,
-                             self.config.embed_dim, tuple(self.config.mlp_layers),
-                             item_sizes, seeds, **kwargs)
+    return build_model(self.config, self.dataset.num_items, num_users, item_sizes, seeds,
+                       **kwargs)
 
   def client_seeds(self, users, rnd=0):
     """Each client's table seeds [K, tables] in round rnd."""
@@ -207,6 +254,30 @@ class Simulation:
     """One scoring function per level: its model, the users' own embeddings."""
     # Score on one device, not on every one of the mesh.
     return self.scorer.score_fns(sharding.local(state))
+
+  def evaluate(self, state, evaluator=None):
+    """Metrics of the model in `state`, overall and per level ("level/8x/hr@10").
+
+    Args:
+      state: a state of this simulation (`init_state`, `round`), or any dict
+        with "params" (the server's params, e.g. edited by hand) and "users"
+        (every user's rows); "round" (default 0) picks the hash seeds of
+        algorithms that change them per round.
+      evaluator: an `evaluation.Evaluator`; default one for `config.eval`
+        (built once and kept).
+
+    Returns:
+      dict metric -> float, as a metrics.jsonl line has them.
+    """
+    if evaluator is None:
+      if getattr(self, "_evaluator", None) is None:
+        ev = self.config.eval
+        self._evaluator = evaluation.Evaluator(self.dataset, ev.protocol,
+                                               int(ev.num_negatives), seed=self.config.seed)
+      evaluator = self._evaluator
+    state = dict(state)
+    state.setdefault("round", 0)
+    return evaluator(self.score_fns(state), self.user_level, self.levels.names)
 
 
 def run(config, dataset, evaluate, workdir, progress):
