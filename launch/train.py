@@ -67,6 +67,9 @@ def main(argv):
   print(f"{config.algorithm} on {config.data.name or config.data.path} "
         f"({config.eval.protocol} protocol), round {final.get('round')}:")
   print(experiment.format_table(final, config.eval.protocol))
+  explanation = experiment.explain_levels(final)
+  if explanation:
+    print(explanation)
   if final.get("note"):
     print(f"note: {final['note']}")
 

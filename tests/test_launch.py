@@ -29,6 +29,11 @@ def test_fair_end_to_end_writes_metrics_and_resumes(tmp_path, small_csv):
     assert key in last, key
   assert last["client_table_bytes/4x"] <= last["client_table_bytes/1x"] / 4
   assert "| overall |" in proc.stdout and "| 4x |" in proc.stdout
+  # Under the table, one sentence on what the levels mean, pointing at RESULTS.md.
+  sentence = proc.stdout.split("| 4x |")[1].splitlines()[1]
+  assert sentence.startswith("Levels: ") and "Reading the demo's table" in sentence
+  with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "RESULTS.md")) as f:
+    assert "### Reading the demo's table" in f.read()
   # Without a terminal (here, a pipe) each evaluation is one progress line.
   assert "round 2/4: hr@10" in proc.stderr and "round 4/4: hr@10" in proc.stderr
   # Compilation is announced, and its time reported after the first round
