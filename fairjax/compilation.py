@@ -23,7 +23,7 @@ Example:
 """
 import os
 import threading
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import jax
 from jax import monitoring
@@ -76,14 +76,16 @@ def default_cache_dir() -> Optional[str]:
   return os.path.join(base, "fairjax", "jax")
 
 
-def enable_cache(path: Optional[str] = None, min_compile_seconds: float = 0.2) -> Optional[str]:
+def enable_cache(path: Optional[str] = None, min_compile_seconds: float = 0.0) -> Optional[str]:
   """Turns on JAX's persistent compilation cache; returns its directory (or None).
 
   Args:
     path: the cache directory; default `default_cache_dir()`. A directory
       configured already (JAX_COMPILATION_CACHE_DIR, jax.config) is kept.
-    min_compile_seconds: programs that compile faster are not stored (JAX's
-      default, 1 s, would leave out most of a small model's programs).
+    min_compile_seconds: programs that compile faster are not stored. 0
+      stores every one: JAX's default, 1 s, would leave out most of a small
+      model's programs, and under load which ones pass a threshold changes
+      from run to run.
 
   Returns:
     The directory in use, or None when the cache stays off (the directory
@@ -135,3 +137,94 @@ class Tally:
     if c["cache_hits"]:
       text += f", {c['cache_hits']} loaded from the compilation cache"
     return text
+
+
+# ------------------------------------------------------------------ benchmark
+
+
+class BenchResult(NamedTuple):
+  markdown: str
+  summary: str
+
+
+def _seconds_to_first_round(argv, cache, workdir, repo):
+  """Runs launch.train until it prints 'round 1 done'; returns (seconds, that line)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, FAIRJAX_CACHE_DIR=cache)
+  for k in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"):
+    env.pop(k, None)
+  start = time.time()
+  proc = subprocess.Popen([sys.executable, "-m", "launch.train", f"--workdir={workdir}"] + argv,
+                          cwd=repo, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  line = ""
+  for line in proc.stderr:
+    if "round 1 done" in line:
+      break
+  seconds = time.time() - start
+  proc.kill()
+  proc.wait()
+  if "round 1 done" not in line:
+    raise RuntimeError(f"launch.train ended before its first round: {line.strip()}")
+  return seconds, line.strip()
+
+
+def bench_first_round(quick=False, repeats=3):
+  """Seconds until `make demo`'s first round, with an empty cache and then a warm one.
+
+  Each repeat empties a fresh cache directory, runs launch.train on
+  configs/ml100k.py (what `make demo` runs) until it reports round 1
+  (cold), then runs it again in another workdir with that cache (warm).
+  `quick` uses a small synthetic file instead of MovieLens-100K.
+  """
+  import shutil  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  root = tempfile.mkdtemp(prefix="fairjax-cache-bench-")
+  argv = ["--config=configs/ml100k.py"]
+  if quick:
+    repeats = 1
+    rows = ["user,item,rating,timestamp"]
+    rng = np.random.default_rng(0)
+    for u in range(40):
+      rows += [f"u{u},i{i},5,{1000 + 10 * t}" for t, i in
+               enumerate(rng.choice(30, 6, replace=False))]
+    with open(os.path.join(root, "small.csv"), "w") as f:
+      f.write("\n".join(rows) + "\n")
+    argv += ["--config.data.name=", f"--config.data.path={root}/small.csv",
+             "--config.embed_dim=8", "--config.mlp_layers=(16, 8)",
+             "--config.clients_per_round=8", "--config.client.max_items=16",
+             "--config.eval.num_negatives=9"]
+  rows, cold, warm = [], [], []
+  try:
+    for rep in range(repeats):
+      cache = os.path.join(root, f"cache{rep}")
+      load = os.getloadavg()[0]
+      c, c_line = _seconds_to_first_round(argv, cache, os.path.join(root, f"cold{rep}"), repo)
+      w, w_line = _seconds_to_first_round(argv, cache, os.path.join(root, f"warm{rep}"), repo)
+      cold.append(c)
+      warm.append(w)
+      rows.append(f"| {rep} | {c:.1f} | {w:.1f} | {c / w:.1f}x | {load:.1f} -> "
+                  f"{os.getloadavg()[0]:.1f} |")
+      rows.append(f"|  | `{c_line.split(': ', 1)[-1]}` | `{w_line.split(': ', 1)[-1]}` | | |")
+  finally:
+    shutil.rmtree(root, ignore_errors=True)
+  ratio = float(np.median(cold)) / float(np.median(warm))
+  what = "a small synthetic file (--quick)" if quick else "MovieLens-100K"
+  summary = (f"first round of `make demo` ({what}): {np.median(cold):.1f}s with an empty "
+             f"compilation cache, {np.median(warm):.1f}s with it warm: {ratio:.1f}x sooner "
+             f"(medians of {len(cold)})")
+  md = "\n".join([
+      "Seconds from starting `launch.train --config=configs/ml100k.py` (what `make demo` "
+      "runs) until it reports its first round, with a fresh, empty compilation cache "
+      "(cold), then again with the cache that run filled (warm), in another workdir. "
+      "Each repeat is one cold/warm pair, run back to back; the load average (1 min) "
+      "is read before the cold run and after the warm one. The second line of a repeat "
+      "is what the run itself printed about its compilation.", "",
+      "| repeat | cold (s) | warm (s) | cold / warm | load |", "|---|---|---|---|---|",
+      *rows, "", f"**{summary}.**"])
+  return BenchResult(md, summary)
