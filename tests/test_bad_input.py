@@ -238,7 +238,7 @@ def run_cases(tmp, cases, workdirs, module):
   with open(tmp / "cases.json", "w") as f:
     json.dump(cases, f)
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=JAX_CACHE,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.2",
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   proc = subprocess.run([sys.executable, "-c", _DRIVER, str(tmp / "cases.json"), module],
                         cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
