@@ -112,6 +112,10 @@ def pytest_configure(config):
   # Many tests build the same small programs; a persistent cache lets later
   # tests (and later runs) skip their compilation. Every program is stored:
   # most compile in well under a second, and many tests share them.
+  # Subprocesses (launch.* entry points, notebook kernels) inherit it too,
+  # instead of the user cache the entry points default to.
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", JAX_CACHE)
+  os.environ.setdefault("FAIRJAX_CACHE_DIR", JAX_CACHE)
   import jax  # pylint: disable=g-import-not-at-top
   os.makedirs(JAX_CACHE, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", JAX_CACHE)
