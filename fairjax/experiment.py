@@ -18,8 +18,9 @@ from fairjax import validation
 from fairjax.errors import InputError
 
 def progress_bar(iterable, total, desc, initial=0):
+  """A tqdm bar on stderr (off without a terminal); it stays, with the last metrics."""
   return tqdm(iterable, total=total, desc=desc, initial=initial, file=sys.stderr,
-              dynamic_ncols=True, leave=False, disable=None)
+              dynamic_ncols=True, leave=True, disable=None)
 
 
 def prepare_workdir(workdir):
@@ -89,3 +90,16 @@ def format_table(final, protocol):
     lines.append(f"| {lv} | " + " | ".join(fmt(final.get(f"level/{lv}/{n}")) for n in names)
                  + " |")
   return "\n".join(lines)
+
+
+def explain_levels(final):
+  """One sentence under the table on what its level rows are, or None without levels."""
+  levels = sorted({k.split("/")[1] for k in final if k.startswith("level/")},
+                  key=lambda s: float(s[:-1]))
+  if len(levels) < 2:
+    return None
+  return (f"Levels: each row scores the users whose devices hold item tables c times "
+          f"smaller ({levels[0]} = {'the full model' if levels[0] == '1x' else 'the largest'});"
+          " all levels train one shared model and each row is a few hundred users, so 1x can "
+          "score below 8x: RESULTS.md, \"Reading the demo's table\", says why and what a "
+          "run with every device at 1x reaches.")

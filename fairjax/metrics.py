@@ -250,8 +250,10 @@ class MetricsWriter:
       workdir: the run's directory.
       resume_round: None for a fresh run; else the checkpoint's round, and
         lines of later rounds (written after that checkpoint) are dropped.
-      finished: the checkpoint is the run's last round (keep its final line);
-        otherwise a stale "final" line of a shorter earlier run is dropped.
+      finished: the checkpoint is the run's last round, so its final line
+        stays final. Otherwise the run goes on (a finished run extended with
+        more rounds): the old final line is an evaluation of the state the
+        run resumes from, so it is kept, without its `final` mark.
     """
     self.path = os.path.join(workdir, "metrics.jsonl")
     if resume_round is None and os.path.exists(self.path):
@@ -266,8 +268,12 @@ class MetricsWriter:
             rec = json.loads(line)
           except json.JSONDecodeError:  # a line cut short by a crash
             continue
-          if rec.get("round", 0) <= resume_round and (finished or not rec.get("final")):
-            keep.append(line if line.endswith("\n") else line + "\n")
+          if rec.get("round", 0) > resume_round:
+            continue
+          if rec.get("final") and not finished:
+            rec.pop("final")
+            line = json.dumps(rec, sort_keys=True)
+          keep.append(line if line.endswith("\n") else line + "\n")
       tmp = self.path + ".tmp"
       with open(tmp, "w") as f:
         f.writelines(keep)
@@ -305,3 +311,10 @@ def show_progress(bar, what, record, names):
     return
   print(f"{what}: " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()),
         file=sys.stderr, flush=True)
+
+
+def say(text):
+  """Prints a line on stderr without breaking a progress bar drawn there."""
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  tqdm.write(text, file=sys.stderr)
+  sys.stderr.flush()

@@ -50,12 +50,25 @@ def _curve(records: Records, key):
   return np.array(pts, float).reshape(-1, 2)
 
 
+def grid_shape(n):
+  """(rows, columns) of a grid of n panels: at most 3 columns, rows as needed."""
+  cols = min(n, 3 if n > 4 else 2 if n > 1 else 1)
+  return -(-n // cols), cols
+
+
 def plot_curves(runs: Mapping[str, Records], metric: str, per_level: bool = True,
                 title: Optional[str] = None):
   """`metric` against round for several runs: overall, and per level if asked.
 
-  Runs without rounds (popularity; centralized logs epochs) are drawn as a
-  dashed horizontal line at their final value, as the reference they are.
+  A federated run is drawn in a level's panel only if it reports that level
+  (it had clients there); a run without such clients is left out of the
+  panel, never drawn at its overall value. Runs without rounds (popularity;
+  centralized logs epochs) have no levels: they are references, drawn as a
+  dashed horizontal line at their final overall value in every panel, with
+  "(reference)" in the legend.
+
+  Panels (overall first, then one per level) fill a grid of at most three
+  columns, and the legend sits below the grid so it covers no curve.
 
   Args:
     runs: label -> records (see `load_runs`).
@@ -64,34 +77,48 @@ def plot_curves(runs: Mapping[str, Records], metric: str, per_level: bool = True
     title: the figure's title.
 
   Returns:
-    A matplotlib Figure.
+    A matplotlib Figure; each axis's title is its panel's name ("overall",
+    "1x", ...) and each drawn line's label is its run's label.
   """
   levels = level_names([r for recs in runs.values() for r in recs]) if per_level else []
   panels = [("overall", metric)] + [(lv, f"level/{lv}/{metric}") for lv in levels]
-  fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False,
-                           sharey=True)
+  rows, cols = grid_shape(len(panels))
+  fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows + 0.6),
+                           squeeze=False, sharey=True)
+  axes = axes.ravel()
+  for ax in axes[len(panels):]:
+    ax.set_visible(False)
   colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-  for ax, (name, key) in zip(axes[0], panels):
+  handles = {}
+  for ax, (name, key) in zip(axes, panels):
     for i, (label, records) in enumerate(runs.items()):
       color = colors[i % len(colors)]
       # Centralized logs epochs and popularity round 0: both are references.
       federated = any("epoch" not in r and r.get("round", 0) > 0 for r in records)
-      pts = _curve(records, key)
-      if federated and len(pts):
-        ax.plot(pts[:, 0], pts[:, 1], marker="o", ms=3, label=label, color=color)
+      if federated:
+        pts = _curve(records, key)
+        if len(pts):  # no points: the run had no clients at this level
+          handles[label] = ax.plot(pts[:, 0], pts[:, 1], marker="o", ms=3, label=label,
+                                   color=color)[0]
       elif records:
         # A reference has no levels: its overall value is what any level would get.
-        value = records[-1].get(key, records[-1].get(metric))
+        last = records[-1]
+        value = last.get(key) if last.get(key) is not None else last.get(metric)
         if value is not None:
-          ax.axhline(value, ls="--", lw=1, label=label, color=color)
+          handles.setdefault(label, ax.axhline(value, ls="--", lw=1, color=color,
+                                               label=f"{label} (reference)"))
     ax.set_title(name)
     ax.set_xlabel("round")
     ax.grid(alpha=0.3)
-  axes[0][0].set_ylabel(metric)
-  axes[0][-1].legend(fontsize=7, loc="best")
+  for r in range(rows):
+    axes[r * cols].set_ylabel(metric)
+  if handles:
+    fig.legend(list(handles.values()), [h.get_label() for h in handles.values()],
+               fontsize=8, loc="lower center", ncol=min(len(handles), 4), frameon=False)
   if title:
     fig.suptitle(title)
-  fig.tight_layout()
+  legend_rows = -(-len(handles) // 4) if handles else 0
+  fig.tight_layout(rect=(0, min(0.3, (0.25 * legend_rows + 0.1) / fig.get_figheight()), 1, 1))
   return fig
 
 

@@ -22,8 +22,10 @@ from fairjax import algorithms
 from fairjax import capacity
 from fairjax import checkpoint
 from fairjax import client as client_lib
+from fairjax import compilation
 from fairjax import data as data_lib
 from fairjax import engine as engine_lib
+from fairjax import evaluation
 from fairjax import metrics
 from fairjax import models
 from fairjax import rowopt
@@ -62,19 +64,60 @@ def served_popularity(config, dataset):
   return scoring.popularity_scores(dataset.train_items, dataset.num_items, config.seed)
 
 
+def build_model(config, num_items, num_users=1, item_sizes=None, seeds=None, **kwargs):
+  """The model `config` describes (`config.model`, embed_dim, mlp_layers).
+
+  Args:
+    config: the experiment ConfigDict.
+    num_items: items of the dataset (rows of the full item tables).
+    num_users: rows of its user tables (1: one client's own row).
+    item_sizes, seeds: hashed item tables (see `models.make_model`).
+    **kwargs: passed on to `models.make_model`.
+
+  Returns:
+    A flax module.
+  """
+  return models.make_model(config.model, num_users, num_items, config.embed_dim,
+                           tuple(config.mlp_layers), item_sizes, seeds, **kwargs)
+
+
+def context(config, dataset, prior=None):
+  """The `algorithms.Context` a run of `config` on `dataset` builds its algorithm on.
+
+  With it a notebook builds any algorithm by hand, e.g.
+  `algorithms.hashed.fair(context(config, dataset))`, and runs it with
+  `Simulation(config, dataset, algorithm=...)`. `prior` overrides the
+  popularity prior's knots (default `prior_knots(config, dataset)`).
+  """
+  validation.validate(config)
+  levels = capacity.parse_capacities(config.capacities)
+  shapes = {p: (dataset.num_items, int(config.embed_dim))
+            for p in models.item_table_paths(config.model)}
+  return algorithms.Context(levels, shapes, config.fair.hash_seed,
+                            bool(config.fair.exact_sizes),
+                            functools.partial(
+                                build_model, config, dataset.num_items,
+                                prior=prior_knots(config, dataset) if prior is None else prior,
+                                layout=config.fair.get("layout", "hash")),
+                            dataset.num_users, config.fair)
+
+
 class Simulation:
   """The state-free parts of a federated run: plan, models, programs.
 
   Args:
     config: the experiment ConfigDict.
     dataset: a `fairjax.data.Dataset`.
+    algorithm: what runs: None (the one `config.algorithm` names), a name
+      such as "fedprox:mu=0.1", an `algorithms.Algorithm` value built on
+      `context(config, dataset)`, or a function `ctx -> Algorithm`.
     prior: the popularity prior's initial knots; default `prior_knots`
       of the dataset (a deployment passes the real data's to its stand-in).
     popularity: the scores served to excluded devices; default
-      `popularity(config, dataset)`.
+      `served_popularity(config, dataset)`.
   """
 
-  def __init__(self, config, dataset, prior=None, popularity=None):
+  def __init__(self, config, dataset, algorithm=None, prior=None, popularity=None):
     validation.validate(config)
     self.config = config
     self.dataset = dataset
@@ -88,10 +131,20 @@ class Simulation:
     self.shapes = {p: (dataset.num_items, int(config.embed_dim))
                    for p in models.item_table_paths(self.kind)}
     self.table_names = [p[0] for p in self.shapes]
-    ctx = algorithms.Context(self.levels, self.shapes, config.fair.hash_seed,
-                             bool(config.fair.exact_sizes), self._model, dataset.num_users,
-                             config.fair)
-    self.algorithm = algorithms.make(config.algorithm, ctx)
+    self.context = context(config, dataset, self.prior)
+    if algorithm is None or isinstance(algorithm, str):
+      self.algorithm = algorithms.make(algorithm or config.algorithm, self.context)
+    elif isinstance(algorithm, algorithms.Algorithm):
+      self.algorithm = algorithm
+    elif callable(algorithm):
+      self.algorithm = algorithm(self.context)
+    else:
+      raise TypeError(f"algorithm: a name, an algorithms.Algorithm or a function of a "
+                      f"Context, got {type(algorithm).__name__}")
+    if len(self.algorithm.levels) != len(self.levels.compressions):
+      raise ValueError(f"algorithm: it has {len(self.algorithm.levels)} levels, the config's "
+                       f"capacities {len(self.levels.compressions)}; build it on "
+                       "simulate.context(config, dataset)")
     self.local_opt = make_optimizer(c.optimizer, c.lr)
     self.server_opt = server_optimizer(config.server)
     # Row-sparse table steps (client.sparse_update): sgd as lookup_add,
@@ -140,10 +193,9 @@ class Simulation:
         served_popularity(config, dataset) if popularity is None else popularity)
 
   def _model(self, num_users, item_sizes=None, seeds=None, **kwargs):
-    return models.make_model(self.kind, num_users, self.dataset.num_items,
-                             self.config.embed_dim, tuple(self.config.mlp_layers),
-                             item_sizes, seeds, prior=self.prior,
-                             layout=self.config.fair.get("layout", "hash"), **kwargs)
+    return build_model(self.config, self.dataset.num_items, num_users, item_sizes, seeds,
+                       prior=self.prior, layout=self.config.fair.get("layout", "hash"),
+                       **kwargs)
 
   def client_seeds(self, users, rnd=0):
     """Each client's table seeds [K, tables] in round rnd."""
@@ -242,18 +294,46 @@ class Simulation:
     # Score on one device, not on every one of the mesh.
     return self.scorer.score_fns(sharding.local(state), excluded)
 
-  def evaluate(self, evaluate, state):
-    """The metrics of `state`: memory-respecting, plus `global_view/` keys if a level is excluded."""
+  def evaluate(self, state, evaluator=None):
+    """Metrics of the model in `state`, overall and per level ("level/8x/hr@10").
+
+    Args:
+      state: a state of this simulation (`init_state`, `round`), or any dict
+        with "params" (the server's params, e.g. edited by hand) and "users"
+        (every user's rows); "round" (default 0) picks the hash seeds of
+        algorithms that change them per round.
+      evaluator: an `evaluation.Evaluator`; default one for `config.eval`
+        (built once and kept).
+
+    Returns:
+      dict metric -> float, as a metrics.jsonl line has them. A device its
+      algorithm excludes is served popularity; then the `global_view/` keys
+      score it with the global model instead (fairjax.scoring).
+    """
+    if evaluator is None:
+      if getattr(self, "_evaluator", None) is None:
+        ev = self.config.eval
+        self._evaluator = evaluation.Evaluator(self.dataset, ev.protocol,
+                                               int(ev.num_negatives), seed=self.config.seed)
+      evaluator = self._evaluator
+    state = dict(state)
+    state.setdefault("round", 0)
     names = self.levels.names
-    out = evaluate(self.score_fns(state), self.user_level, names)
-    if self.scorer.excludes:
-      old = evaluate(self.score_fns(state, "global"), self.user_level, names)
+    out = evaluator(self.score_fns(state), self.user_level, names)
+    if self.scorer.excludes:  # devices left out are served popularity; the old view too
+      old = evaluator(self.score_fns(state, "global"), self.user_level, names)
       out.update({f"global_view/{k}": v for k, v in old.items()})
     return out
 
 
 def run(config, dataset, evaluate, workdir, progress):
   """Runs the federated experiment; resumes from WORKDIR/checkpoints/."""
+  setup_start = time.time()
+  tally = compilation.Tally()
+  cache = compilation.cache_dir()
+  metrics.say("compiling: the first round builds the training programs and the first "
+              "evaluation the scoring ones (" + (f"compilation cache: {cache}" if cache
+                                                 else "no compilation cache") + ")")
   sim = Simulation(config, dataset)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   # The config is stored with each checkpoint: a rerun with other settings is refused.
@@ -288,6 +368,10 @@ def run(config, dataset, evaluate, workdir, progress):
   last_eval = start_round
   for rnd in bar:
     state, stats = sim.round(state, rnd)
+    if rnd == start_round + 1:
+      jax.block_until_ready(state["params"])
+      metrics.say(f"round {rnd} done {time.time() - setup_start:.1f}s after the start "
+                  f"(setup included): {tally.summary()}")
     checkpoint.crash_point("round", rnd)  # test hook: a kill mid-training
     is_last = rnd == rounds
     if rnd % every == 0 or is_last:
@@ -301,8 +385,14 @@ def run(config, dataset, evaluate, workdir, progress):
                 "time/round_seconds": (time.time() - round_start) / max(1, rnd - last_eval)}
       record.update(static)
       t0 = time.time()
-      record.update(sim.evaluate(evaluate, state))
+      first_eval = final is None
+      if first_eval:
+        tally.reset()
+      record.update(sim.evaluate(state, evaluate))
       record["time/eval_seconds"] = time.time() - t0
+      if first_eval:
+        metrics.say(f"evaluation at round {rnd} took {record['time/eval_seconds']:.1f}s, "
+                    f"{tally.summary()}")
       if is_last:
         record["final"] = True
         if int(state["answered_rounds"]) == 0:

@@ -281,8 +281,19 @@ def markdown(rows, protocol, distributions: Optional[Mapping[str, str]] = None):
   return "\n".join(lines)
 
 
-def write_results(rows, cells, workdir, protocol, distributions=None):
+def final_title(metric, protocol, rows, dataset=None):
+  """A final-metric figure's title: data set, protocol, and what the bars are."""
+  seeds = sorted({int(r.get("seeds", 1)) for r in rows})
+  spread = (f"mean ± std over {seeds[0]} seeds" if seeds and seeds[0] > 1 and len(seeds) == 1
+            else "mean ± std over seeds" if seeds and max(seeds) > 1 else "one seed")
+  where = f"{dataset}: " if dataset else ""
+  return f"{where}final {metric} ({protocol} protocol; bars: {spread})"
+
+
+def write_results(rows, cells, workdir, protocol, distributions=None, dataset=None):
   """Writes WORKDIR/results.md, results.csv, and PNG figures under WORKDIR/plots/.
+
+  `dataset` (e.g. "ml-1m") goes into the figures' titles.
 
   Returns:
     dict with the paths written ("markdown", "csv", "plots").
@@ -302,13 +313,14 @@ def write_results(rows, cells, workdir, protocol, distributions=None):
   names = metrics.metric_names(protocol)
   plots = []
   for m in names:
-    fig = plotting.plot_finals(rows, m, title=f"final {m} ({protocol} protocol)")
+    fig = plotting.plot_finals(rows, m, title=final_title(m, protocol, rows, dataset))
     plots.append(plotting.save(fig, os.path.join(workdir, "plots", f"final_{m}.png")))
   first_seed = min(c.seed for c in cells)
   for dist in dict.fromkeys(c.distribution for c in cells):
     runs = {c.algorithm: metrics.read_metrics(c.workdir) for c in cells
             if c.distribution == dist and c.seed == first_seed}
-    fig = plotting.plot_curves(runs, names[1], title=f"{dist}, seed {first_seed}")
+    where = f"{dataset}, " if dataset else ""
+    fig = plotting.plot_curves(runs, names[1], title=f"{where}{dist}, seed {first_seed}")
     plots.append(plotting.save(fig, os.path.join(workdir, "plots", f"curves_{dist}.png")))
   with open(os.path.join(workdir, "cells.json"), "w") as f:
     json.dump([{"distribution": c.distribution, "algorithm": c.algorithm, "seed": c.seed,

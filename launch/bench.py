@@ -4,6 +4,7 @@ r"""Runs a named benchmark, prints its table and writes it to BENCHMARKS.md.
   python -m launch.bench sparse_layer [--quick]
   python -m launch.bench heavy_round [--quick]
   python -m launch.bench fair_round --data=ratings.csv   # any interactions file
+  python -m launch.bench compile_cache [--quick]   # make demo's first round, cold vs warm
 
 Each benchmark lives in a library module and returns a `BenchResult`; this
 file only prints it (the summary line last) and replaces the benchmark's
@@ -35,6 +36,7 @@ BENCHMARKS = {
     "fair_scaling": "fairjax.benchmarks:fair_scaling",
     "heavy_round": "fairjax.benchmarks:heavy_round",
     "sparse_layer": "sparse.benchmarks:sparse_layer",
+    "compile_cache": "fairjax.compilation:bench_first_round",
 }
 
 

@@ -60,3 +60,9 @@ def require_config_and_workdir(config_flag, workdir_flag, example):
     fail(f"--config: required, e.g. --config={example}")
   if not workdir_flag.value:
     fail("--workdir: required")
+
+
+def enable_compilation_cache():
+  """JAX's persistent compilation cache (see fairjax/compilation.py)."""
+  from fairjax import compilation  # pylint: disable=g-import-not-at-top
+  return compilation.enable_cache()

@@ -4,8 +4,10 @@ r"""Plots a metric against round for several runs, overall and per capacity leve
       --metric=ndcg@10 --out=figures/curves.png [--noper_level]
 
 Reads each run's metrics.jsonl and writes one PNG: a panel for the overall
-metric and one per capacity level (`level/<c>x/<metric>`). Runs without
-rounds (centralized, popularity) are drawn as dashed reference lines.
+metric and one per capacity level (`level/<c>x/<metric>`), in a grid of at
+most three columns with the legend below. A run appears in a level's panel
+only if it had clients at that level. Runs without rounds (centralized,
+popularity) are drawn as dashed reference lines in every panel.
 """
 import os
 import sys

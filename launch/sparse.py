@@ -4,13 +4,16 @@ r"""Trains the BOLT-style sparse model from a config.
       --config.data.path=FILE.csv --config.data.text_column=COL \
       --config.data.label_column=COL --workdir=DIR
 
-Writes DIR/metrics.jsonl (`epoch`, `p@1`, `seconds` per epoch). Bad input
-ends with one `error: ...` line on stderr and exit code 2.
+Writes DIR/metrics.jsonl (`epoch`, `p@1`, `seconds` per epoch), prints a
+line per epoch on stderr and a summary table (last and best P@1) on stdout.
+Bad input (a file, a column, a config value) ends with one `error: ...` line
+on stderr and exit code 2.
 """
 import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from launch import cli
@@ -35,7 +38,9 @@ def main(argv):
   cfg = cli.load_config(_CONFIG)
   if cfg is None:
     _fail("--config: give a config file")
+  cli.enable_compilation_cache()
   try:
+    experiment.check_config(cfg)
     arrays = None
     if cfg.task == "ml1m_next":
       # fairjax builds the task; sparse never imports fairjax.
@@ -48,9 +53,13 @@ def main(argv):
         raise InputError(str(e)) from e
       with cfg.unlocked():
         cfg.task = "arrays"
-    experiment.run(cfg, _WORKDIR.value, arrays=arrays)
+    records = experiment.run(cfg, _WORKDIR.value, arrays=arrays, verbose=True)
   except InputError as e:
     _fail(str(e))
+  source = cfg.data.get("name") or cfg.data.get("path") or cfg.task
+  print(f"sparse model on {source}, {len(records)} epoch(s); metrics in "
+        f"{_WORKDIR.value}/metrics.jsonl:")
+  print(experiment.summary_table(records))
 
 
 def _run():
@@ -63,6 +72,7 @@ def _run():
     text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
     text = str(text).replace("\\n", " ").replace("\\'", "").replace("'", "")
     _fail("config: " + (" ".join(text.split()) or type(e).__name__))
+  logging.set_verbosity(logging.WARNING)  # JAX's backend probing is no news
   app.run(main, argv=argv)
 
 

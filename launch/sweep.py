@@ -68,7 +68,7 @@ def main(argv):
       raise InputError(f"--workdir: no finished cells under {_WORKDIR.value}")
     rows = sweep.summarise(cells, config.eval.protocol)
     out = sweep.write_results(rows, cells, _WORKDIR.value, config.eval.protocol,
-                              distributions)
+                              distributions, config.data.name or config.data.path)
   except InputError as e:
     cli.fail(str(e))
   print(sweep.markdown(rows, config.eval.protocol, distributions))

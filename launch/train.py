@@ -3,8 +3,12 @@ r"""Runs one recommendation experiment (FAIR, a baseline, or a reference).
   python -m launch.train --config=configs/ml100k.py --workdir=runs/demo \
       [--config.KEY=VALUE ...]
 
-Writes WORKDIR/metrics.jsonl and prints a results table. Bad input ends
-with exit code 2 and one `error:` line on stderr.
+Writes WORKDIR/metrics.jsonl and prints a results table. Progress goes to
+stderr: how long compiling took, then a bar (or, without a terminal, a line
+per evaluation). Compiled programs are kept in a persistent cache
+(~/.cache/fairjax/jax; FAIRJAX_CACHE_DIR=DIR moves it, =none turns it off),
+so a second run of the same shapes starts in seconds. Bad input ends with
+exit code 2 and one `error:` line on stderr.
 
 Several processes (hosts) share one run when each is started with
 `--coordinator=HOST:PORT --num_processes=P --process_id=I` (or with
@@ -49,6 +53,8 @@ def main(argv):
       sharding.initialize_distributed(*distributed)
     except (ValueError, TypeError, RuntimeError) as e:
       cli.fail(f"--coordinator/--num_processes/--process_id: {e}".replace("\n", " "))
+  # A second run of the same shapes loads its programs instead of compiling them.
+  cli.enable_compilation_cache()
   from fairjax import experiment  # pylint: disable=g-import-not-at-top
   from fairjax.errors import InputError  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
@@ -61,6 +67,9 @@ def main(argv):
   print(f"{config.algorithm} on {config.data.name or config.data.path} "
         f"({config.eval.protocol} protocol), round {final.get('round')}:")
   print(experiment.format_table(final, config.eval.protocol))
+  explanation = experiment.explain_levels(final)
+  if explanation:
+    print(explanation)
   if final.get("note"):
     print(f"note: {final['note']}")
 

@@ -13,6 +13,7 @@ import csv
 import importlib.util
 import json
 import os
+import sys
 import time
 from typing import Optional
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from sparse import data as data_lib
 from sparse import featurize
+from sparse import layers
 from sparse import model as model_lib
 from sparse import retrieval
 from sparse import tasks
@@ -82,13 +84,91 @@ def text_data(cfg, workdir: str):
   return x_tr, y_tr, x_te, y_te, dim, classes
 
 
+def _number(cfg, key, kind=float):
+  node = cfg
+  for part in key.split("."):
+    node = node[part]
+  try:
+    value = kind(node)
+  except (TypeError, ValueError):
+    raise InputError(f"{key}: must be a number, got {node!r}") from None
+  if kind is float and not np.isfinite(value):
+    raise InputError(f"{key}: must be finite, got {node!r}")
+  return value
+
+
+def hidden_sizes(cfg) -> list:
+  """The hidden layer sizes of `model.hidden` ("256" or "512,256")."""
+  text = str(cfg.model.hidden)
+  sizes = []
+  for part in text.split(","):
+    if not part.strip():
+      continue
+    try:
+      size = int(part)
+    except ValueError:
+      raise InputError(f"model.hidden: {part.strip()!r} is not a layer size (give "
+                       "comma-separated positive integers, e.g. 256 or 512,256)") from None
+    if size < 1:
+      raise InputError(f"model.hidden: layer sizes must be >= 1, got {size}")
+    sizes.append(size)
+  if not sizes:
+    raise InputError("model.hidden: give at least one layer size")
+  return sizes
+
+
+def check_config(cfg) -> None:
+  """Raises InputError naming the first config value that cannot work.
+
+  Checked before any data is read, so a typo costs no loading time.
+  """
+  keys = ["epochs", "batch_size"]
+  keys += [f"data.{k}" for k in ("input_dim", "ngrams", "n_classes", "n_train", "n_test",
+                                  "history") if k in cfg.data]
+  for key in keys:
+    if _number(cfg, key, int) < 1:
+      raise InputError(f"{key}: must be >= 1, got {_number(cfg, key, int)}")
+  hidden_sizes(cfg)
+  sparsity = _number(cfg, "model.sparsity")
+  if not 0.0 <= sparsity <= 1.0:
+    raise InputError(f"model.sparsity: must be in [0, 1] (0 = autotune, 1 = dense "
+                     f"softmax), got {cfg.model.sparsity}")
+  lr = _number(cfg, "model.learning_rate")
+  if lr <= 0:
+    raise InputError(f"model.learning_rate: must be > 0, got {cfg.model.learning_rate}")
+  for key in ("shared_size", "hashes_per_table", "num_tables", "range_pow", "reservoir",
+              "rebuild_every", "rehash_every"):
+    if _number(cfg, f"model.{key}", int) < 0:
+      raise InputError(f"model.{key}: must be >= 0 (0 = autotune), got {cfg.model[key]}")
+  if cfg.model.get("random_negatives", -1) < -1:
+    raise InputError(f"model.random_negatives: must be >= -1, got {cfg.model.random_negatives}")
+  if cfg.model.active_set not in ("shared", "per_example"):
+    raise InputError(f"model.active_set: {cfg.model.active_set!r} is not 'shared' or "
+                     "'per_example'")
+  if cfg.model.activation not in layers.ACTIVATIONS:
+    raise InputError(f"model.activation: {cfg.model.activation!r} is not one of "
+                     f"{', '.join(sorted(layers.ACTIVATIONS))}")
+  if cfg.model.hash not in ("dwta", "srp"):
+    raise InputError(f"model.hash: {cfg.model.hash!r} is not 'dwta' or 'srp'")
+  if "eval" in cfg:
+    inference_config(cfg.eval)
+
+
+def small_data_note(n_train: int, batch_size: int, epochs: int) -> Optional[str]:
+  """A hint when the data give the optimizer too few steps to learn much."""
+  steps = -(-n_train // batch_size)
+  if steps * epochs >= 100:
+    return None
+  suggest = max(8, min(batch_size // 2, n_train // 20) or 8)
+  return (f"note: {n_train} training rows at batch_size {batch_size} make {steps} "
+          f"step(s) per epoch, {steps * epochs} in all: too few to learn much; for a "
+          f"small file try --config.batch_size={suggest} and more --config.epochs")
+
+
 def build_model(cfg, input_dim: int, n_classes: int) -> model_lib.Model:
   """The model a config describes."""
   m = cfg.model
-  hidden = [model_lib.Dense(int(u), m.activation)
-            for u in str(m.hidden).split(",") if u.strip()]
-  if not hidden:
-    raise InputError("model.hidden: give at least one layer size")
+  hidden = [model_lib.Dense(u, m.activation) for u in hidden_sizes(cfg)]
 
   def opt(v):
     return None if v in (None, 0, -1, "") else v
@@ -108,6 +188,13 @@ def build_model(cfg, input_dim: int, n_classes: int) -> model_lib.Model:
 
 def inference_config(ev) -> retrieval.InferenceConfig:
   """The LSH inference knobs of a config's `eval` section."""
+  try:
+    return _inference_config(ev)
+  except InputError as e:
+    raise InputError(f"eval.lsh_{e}") from None
+
+
+def _inference_config(ev):
   return retrieval.check_config(retrieval.InferenceConfig(
       budget=int(ev.lsh_budget) if ev.lsh_budget >= 0 else None,
       frequent=int(ev.lsh_frequent) if ev.lsh_frequent >= 0 else None,
@@ -133,7 +220,42 @@ def lsh_report(model, x_tr, x_te, y_te) -> dict:
   return out
 
 
-def run(cfg, workdir: str, arrays=None) -> list:
+def _say(verbose, text):
+  if verbose:
+    print(text, file=sys.stderr, flush=True)
+
+
+def epoch_line(rec, epochs) -> str:
+  """One progress line of an epoch's record: `epoch 3/10: loss ... p@1 ... (s)`."""
+  parts = [f"{key} {rec[key]:.4f}" for key in ("loss", "p@1", "p@1_lsh", "lsh_recall")
+           if isinstance(rec.get(key), (int, float))]
+  parts.append(f"({rec.get('seconds', 0.0):.1f}s training"
+               + (", with compilation)" if rec["epoch"] == 1 else ")"))
+  return f"epoch {rec['epoch']}/{epochs}: " + "  ".join(parts)
+
+
+def summary_table(records) -> str:
+  """A Markdown table of the last epoch's P@1 (and LSH inference's), and the best epoch."""
+  if not records:
+    return ""
+  last = records[-1]
+  keys = [k for k in ("loss", "p@1", "p@1_lsh", "lsh_recall", "p@1_dense_inference")
+          if isinstance(last.get(k), (int, float))]
+  lines = ["| epoch | " + " | ".join(keys) + " | training seconds |",
+           "|---|" + "---|" * (len(keys) + 1)]
+  total = sum(r.get("seconds", 0.0) for r in records)
+  lines.append(f"| {last['epoch']} (last) | " + " | ".join(f"{last[k]:.4f}" for k in keys)
+               + f" | {total:.1f} |")
+  scored = [r for r in records if isinstance(r.get("p@1"), (int, float))]
+  best = max(scored, key=lambda r: r["p@1"]) if scored else None
+  if best is not None and best["p@1"] > last.get("p@1", float("-inf")):
+    lines.append(f"| {best['epoch']} (best p@1) | "
+                 + " | ".join(f"{best[k]:.4f}" if isinstance(best.get(k), (int, float))
+                              else "" for k in keys) + " | |")
+  return "\n".join(lines)
+
+
+def run(cfg, workdir: str, arrays=None, verbose: bool = False) -> list:
   """Trains the configured model, writing `workdir/metrics.jsonl`.
 
   Args:
@@ -141,11 +263,15 @@ def run(cfg, workdir: str, arrays=None) -> list:
     workdir: output directory.
     arrays: for task "arrays", `(x_train, y_train, x_test, y_test,
       input_dim, n_classes)`.
+    verbose: print the data's sizes, a hint when they are small for the
+      batch size, and one line per epoch on stderr.
 
   Returns:
     The list of per-epoch records written.
   """
+  check_config(cfg)
   os.makedirs(workdir, exist_ok=True)
+  start = time.perf_counter()
   if cfg.task == "text":
     x_tr, y_tr, x_te, y_te, dim, classes = text_data(cfg, workdir)
     n_classes = len(classes)
@@ -164,6 +290,13 @@ def run(cfg, workdir: str, arrays=None) -> list:
   model.inference = inference_config(cfg.eval)
   x_tr = data_lib.as_inputs(x_tr, dim)
   x_te = data_lib.as_inputs(x_te, dim)
+  _say(verbose, f"data: {len(x_tr)} training and {len(x_te)} test examples, {n_classes} "
+       f"classes, {dim} input features ({time.perf_counter() - start:.1f}s)")
+  note = small_data_note(len(x_tr), int(cfg.batch_size), int(cfg.epochs))
+  if note:
+    _say(verbose, note)
+  _say(verbose, f"training {cfg.epochs} epoch(s) of {-(-len(x_tr) // int(cfg.batch_size))} "
+       "steps; the first compiles the model's programs")
   path = os.path.join(workdir, "metrics.jsonl")
   records = []
   with open(path, "w") as f:
@@ -176,6 +309,7 @@ def run(cfg, workdir: str, arrays=None) -> list:
       records.append(rec)
       f.write(json.dumps(rec) + "\n")
       f.flush()
+      _say(verbose, epoch_line(rec, int(cfg.epochs)))
     model.fit(x_tr, y_tr, epochs=cfg.epochs, batch_size=cfg.batch_size,
               validation_data=(x_te, y_te), log=log,
               sparse_inference=cfg.eval.sparse_inference)

@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-JAX_CACHE = os.path.join(os.environ.get("TMPDIR", "/tmp"), "fairjax-jax-cache")
+# The suite's persistent compilation cache lives in the clone (git ignores
+# it), so a fresh clone starts cold, as a new user's or CI's does, and a
+# second `make test` in the same clone starts warm. FAIRJAX_TEST_CACHE moves it.
+JAX_CACHE = os.environ.get("FAIRJAX_TEST_CACHE") or os.path.join(REPO, ".cache", "jax-tests")
 
 
 def write_interactions(path, num_users=40, num_items=30, per_user=(4, 12), seed=0):
@@ -42,7 +45,7 @@ def run_launch(module, args, timeout=600, env=None):
   full_env = dict(os.environ, **(env or {}))
   full_env.setdefault("JAX_PLATFORMS", "cpu")
   full_env.setdefault("JAX_COMPILATION_CACHE_DIR", JAX_CACHE)
-  full_env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+  full_env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
   full_env.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
   return subprocess.run([sys.executable, "-m", module] + list(args), cwd=REPO,
                         capture_output=True, text=True, timeout=timeout, env=full_env)
@@ -107,10 +110,16 @@ SMALL_FLAGS = ["--config.embed_dim=8", "--config.mlp_layers=(16, 8)", "--config.
 def pytest_configure(config):
   del config
   # Many tests build the same small programs; a persistent cache lets later
-  # tests (and later runs) skip their compilation.
+  # tests (and later runs) skip their compilation. Every program is stored:
+  # most compile in well under a second, and many tests share them.
+  # Subprocesses (launch.* entry points, notebook kernels) inherit it too,
+  # instead of the user cache the entry points default to.
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", JAX_CACHE)
+  os.environ.setdefault("FAIRJAX_CACHE_DIR", JAX_CACHE)
   import jax  # pylint: disable=g-import-not-at-top
+  os.makedirs(JAX_CACHE, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", JAX_CACHE)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 

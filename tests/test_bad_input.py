@@ -23,10 +23,15 @@ from conftest import write_interactions
 _DRIVER = r"""
 import json, os, runpy, sys, traceback
 sys.path.insert(0, os.getcwd())
-# Imported once here, inherited by every child (launch.train itself is not:
+# Imported once here, inherited by every child (the launcher itself is not:
 # each child defines its flags afresh).
-import jax, flax, optax, absl.app, ml_collections.config_flags  # noqa
-from fairjax import experiment, simulate, evaluation, centralized  # noqa
+import jax, absl.app, ml_collections.config_flags  # noqa
+module = sys.argv[2] if len(sys.argv) > 2 else "launch.train"
+if module == "launch.sparse":
+  from sparse import experiment, model  # noqa
+else:
+  import flax, optax  # noqa
+  from fairjax import experiment, simulate, evaluation, centralized  # noqa
 cases = json.load(open(sys.argv[1]))
 results = {}
 for name, argv, out in cases:
@@ -37,9 +42,9 @@ for name, argv, out in cases:
       with open(out + ".stdout", "w") as o, open(out + ".stderr", "w") as e:
         os.dup2(o.fileno(), 1)
         os.dup2(e.fileno(), 2)
-      sys.argv = ["launch/train.py"] + argv
+      sys.argv = [module.replace(".", "/") + ".py"] + argv
       try:
-        runpy.run_module("launch.train", run_name="__main__", alter_sys=True)
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
         code = 0
       except SystemExit as ex:
         code = ex.code if isinstance(ex.code, int) else (0 if ex.code is None else 1)
@@ -228,13 +233,21 @@ def outcomes(tmp_path_factory):
     argv = ["--config=configs/ml100k.py", f"--workdir={workdirs[name]}",
             "--config.data.name=", f"--config.data.path={good}"] + SMALL_FLAGS
     cases.append((name, argv + extra(case_dir), str(case_dir / "out")))
+  return run_cases(tmp, cases, workdirs, "launch.train")
+
+
+def run_cases(tmp, cases, workdirs, module):
+  """Runs each (name, argv, output prefix) of `module` in a forked child of one driver.
+
+  Returns name -> (exit code, stdout, stderr, workdir).
+  """
   with open(tmp / "cases.json", "w") as f:
     json.dump(cases, f)
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=JAX_CACHE,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.2",
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  proc = subprocess.run([sys.executable, "-c", _DRIVER, str(tmp / "cases.json")], cwd=REPO,
-                        capture_output=True, text=True, timeout=600, env=env)
+  proc = subprocess.run([sys.executable, "-c", _DRIVER, str(tmp / "cases.json"), module],
+                        cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
   assert proc.returncode == 0, proc.stderr
   codes = json.loads(proc.stdout.strip().splitlines()[-1])
   out = {}

@@ -1,6 +1,7 @@
 """launch.train end to end: tiny runs of every entry path and bad input."""
 import json
 import os
+import re
 
 import pytest
 
@@ -28,8 +29,19 @@ def test_fair_end_to_end_writes_metrics_and_resumes(tmp_path, small_csv):
     assert key in last, key
   assert last["client_table_bytes/4x"] <= last["client_table_bytes/1x"] / 4
   assert "| overall |" in proc.stdout and "| 4x |" in proc.stdout
+  # Under the table, one sentence on what the levels mean, pointing at RESULTS.md.
+  sentence = proc.stdout.split("| 4x |")[1].splitlines()[1]
+  assert sentence.startswith("Levels: ") and "Reading the demo's table" in sentence
+  with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "RESULTS.md")) as f:
+    assert "### Reading the demo's table" in f.read()
   # Without a terminal (here, a pipe) each evaluation is one progress line.
   assert "round 2/4: hr@10" in proc.stderr and "round 4/4: hr@10" in proc.stderr
+  # Compilation is announced, and its time reported after the first round
+  # and the first evaluation.
+  assert "compiling: the first round" in proc.stderr
+  assert re.search(r"round 1 done [\d.]+s after the start \(setup included\): "
+                   r"[\d.]+s compiling \d+ program", proc.stderr), proc.stderr
+  assert re.search(r"evaluation at round 2 took [\d.]+s, [\d.]+s compiling", proc.stderr)
   assert os.listdir(os.path.join(workdir, "checkpoints"))
   # Rerunning the finished run resumes from its last checkpoint: same result.
   again = run_launch("launch.train", args)

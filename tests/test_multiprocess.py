@@ -21,7 +21,7 @@ def _free_port():
 
 def _start(args, tmp_path, name, **env_extra):
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=JAX_CACHE,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.2",
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", **env_extra)
   env.pop("XLA_FLAGS", None)  # one CPU device per process: a mesh of two
   env.pop("JAX_COORDINATOR_ADDRESS", None)

@@ -136,9 +136,9 @@ def test_evaluation_reports_both_views_only_when_a_level_is_excluded(drop_run, t
   from fairjax import simulate  # pylint: disable=g-import-not-at-top
   config, dataset, sim, state = drop_run
   ev = evaluation.Evaluator(dataset, "sampled", 9, config.seed)
-  out = sim.evaluate(ev, state)
+  out = sim.evaluate(state, ev)
   assert "global_view/hr@10" in out and "global_view/level/4x/hr@10" in out
   # The 1x level trains: both views score it alike.
   assert out["level/1x/hr@10"] == out["global_view/level/1x/hr@10"]
   fair = simulate.Simulation(small_config(config.data.path, rounds=2), dataset)
-  assert not any(k.startswith("global_view/") for k in fair.evaluate(ev, fair.init_state()))
+  assert not any(k.startswith("global_view/") for k in fair.evaluate(fair.init_state(), ev))

@@ -75,6 +75,20 @@ def test_sigkill_mid_training_then_rerun_equals_uninterrupted_run(tmp_path, csv,
   assert _strip(_lines(workdir)) == _strip(reference)
 
 
+def test_extending_a_finished_run_keeps_every_evaluation_round_once(tmp_path, csv):
+  # A finished 4-round run (evaluations at 2 and 4), extended to 6 rounds.
+  workdir = str(tmp_path / "extended")
+  experiment.run(small_config(csv), workdir, verbose=False)
+  before = _lines(workdir)
+  assert [l["round"] for l in before] == [2, 4]
+  experiment.run(small_config(csv, rounds=6), workdir, verbose=False)
+  lines = _lines(workdir)
+  assert [l["round"] for l in lines] == [2, 4, 6]
+  assert [l.get("final", False) for l in lines] == [False, False, True]
+  # The old evaluations are kept as they were (round 4 loses only its mark).
+  assert _strip(lines[:2]) == _strip(before, also=("final",))
+
+
 # Slow: the mid-training SIGKILL test above covers resuming in the default run.
 @pytest.mark.slow
 def test_sigkill_during_checkpoint_write_then_rerun_equals_uninterrupted_run(

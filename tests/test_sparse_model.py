@@ -9,6 +9,7 @@ import pytest
 from jax.experimental import sparse as jsparse
 
 from sparse import data as data_lib
+from sparse import experiment
 from sparse import model as model_lib
 from sparse import tasks
 from sparse.errors import InputError
@@ -79,6 +80,12 @@ def test_bad_input_raises_input_error():
     data_lib.as_inputs(([1, 2], [0, 1]))
 
 
+def test_small_data_note_only_when_steps_are_few():
+  note = experiment.small_data_note(240, 256, 5)
+  assert "1 step(s) per epoch, 5 in all" in note and "--config.batch_size=" in note
+  assert experiment.small_data_note(2000, 256, 20) is None  # 8 x 20 = 160 steps
+
+
 def _launch(args):
   return subprocess.run([sys.executable, "-m", "launch.sparse", *args],
                         cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -107,6 +114,14 @@ def test_launch_trains_from_a_csv(tmp_path):
   assert [x["epoch"] for x in recs] == [1, 2, 3, 4]
   assert all({"epoch", "p@1", "seconds"} <= set(x) for x in recs)
   assert recs[-1]["p@1"] > 0.7
+  # Progress a person can watch: the data, a hint (96 rows at batch 32 are 12
+  # steps in all), a line per epoch, and a final table with the last P@1.
+  assert "data: 96 training and 24 test examples, 2 classes" in r.stderr
+  assert "note: 96 training rows at batch_size 32 make 3 step(s) per epoch" in r.stderr
+  for e in range(1, 5):
+    assert f"epoch {e}/4: loss" in r.stderr
+  assert "| epoch | loss | p@1 |" in r.stdout
+  assert f"| 4 (last) | {recs[-1]['loss']:.4f} | {recs[-1]['p@1']:.4f} |" in r.stdout
 
   for bad, culprit in (
       ([f"--config.data.path={tmp_path}/missing.csv"], "missing.csv"),

@@ -74,8 +74,66 @@ def test_plot_curves_per_level(grid, tmp_path):
   runs = plotting.load_runs([fair.workdir], ["fair"])
   assert plotting.level_names(runs["fair"]) == ["1x", "4x"]
   fig = plotting.plot_curves(runs, "hr@10")
-  assert len(fig.axes) == 3  # overall, 1x, 4x
+  shown = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+  assert shown == ["overall", "1x", "4x"]
   assert plotting.save(fig, str(tmp_path / "c.png"))
+
+
+def _federated(levels, empty=(), rounds=(2, 4), base=0.3):
+  """Records of a run whose capacity mix has `levels`; those in `empty` had no clients."""
+  out = []
+  for r in rounds:
+    rec = {"round": r, "hr@10": base + 0.01 * r}
+    for lv in levels:
+      rec[f"level/{lv}/hr@10"] = None if lv in empty else base + 0.02 * r
+    out.append(rec)
+  out[-1]["final"] = True
+  return out
+
+
+def _drawn(fig):
+  """Panel title -> labels of the lines it draws."""
+  return {ax.get_title(): sorted(l.get_label().replace(" (reference)", "")
+                                 for l in ax.get_lines())
+          for ax in fig.axes if ax.get_visible() and ax.get_title()}
+
+
+def test_plot_draws_a_run_only_in_the_panels_of_levels_it_has():
+  runs = {"mixed": _federated({"1x", "8x", "64x"}),
+          "no64": _federated({"1x", "8x"}, base=0.2),
+          "only1": _federated({"1x"}, base=0.1),
+          "empty8": _federated({"1x", "8x"}, empty={"8x"}, base=0.15),
+          "pop": [{"round": 0, "hr@10": 0.25, "final": True}]}
+  fig = plotting.plot_curves(runs, "hr@10")
+  ref = "pop"
+  assert _drawn(fig) == {"overall": sorted(["mixed", "no64", "only1", "empty8", ref]),
+                         "1x": sorted(["mixed", "no64", "only1", "empty8", ref]),
+                         "8x": sorted(["mixed", "no64", ref]),
+                         "64x": sorted(["mixed", ref])}
+  # A reference is a flat dashed line at its overall value; runs are solid curves.
+  for ax in fig.axes:
+    for line in ax.get_lines():
+      if line.get_label().startswith(ref):
+        assert line.get_linestyle() == "--" and set(line.get_ydata()) == {0.25}
+      else:
+        assert line.get_linestyle() == "-"
+  plotting.plt.close(fig)
+
+
+def test_plot_panels_fill_a_grid_not_one_row():
+  runs = {"a": _federated({"1x", "8x", "64x"})}
+  runs["a"][0]["level/512x/hr@10"] = 0.1  # five panels
+  fig = plotting.plot_curves(runs, "hr@10")
+  width, height = fig.get_size_inches()
+  assert width / height < 2.5  # one row of five panels was about 8.6
+  shown = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
+  assert len(shown) == 5 and len({ax.get_position().y0 for ax in shown}) == 2
+  plotting.plt.close(fig)
+  assert plotting.grid_shape(1) == (1, 1)
+  assert plotting.grid_shape(2) == (1, 2)
+  assert plotting.grid_shape(4) == (2, 2)
+  assert plotting.grid_shape(5) == (2, 3)
+  assert plotting.grid_shape(9) == (3, 3)
 
 
 def test_launch_plot_and_sweep_entry_points(grid, tmp_path):
