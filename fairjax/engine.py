@@ -83,6 +83,21 @@ def train_client(level, update, table_names):
   return train
 
 
+def client_update(level, update, table_names, screen):
+  """One client's whole round, composed of the pieces above (the tutorial's step):
+  `one(params, shared, (user, items, mask, rng, seeds, poison), steps) ->
+  (contribution, new user rows, loss, accepted, norm)`."""
+  train = train_client(level, update, table_names)
+
+  def one(params, shared, xs, steps):
+    user, it, mk, rng, sd, pz = xs
+    start = level.held(params, shared, sd)
+    new_shared, new_user, loss = train(start, user, it, mk, rng, sd, steps)
+    out, ok, norm = settle(level, screen, start, new_shared, sd, pz)
+    return out, new_user, loss, ok, norm
+  return one
+
+
 def client_keys(key, lv, k):
   """The PRNG keys of a level's k clients in a round whose key is `key`."""
   return jax.random.split(jax.random.fold_in(key, lv), k)

@@ -119,10 +119,12 @@ def test_simulation_takes_an_algorithm_value_a_builder_or_a_name(csv, dataset):
 def test_build_model_is_the_simulation_model(csv, dataset):
   config = small_config(csv)
   sim = simulate.Simulation(config, dataset)
-  a = simulate.build_model(config, dataset.num_items, 5)
+  a = simulate.build_model(config, dataset.num_items, 5,
+                           prior=simulate.prior_knots(config, dataset))
   b = sim._model(5)  # pylint: disable=protected-access
   key = jax.random.PRNGKey(0)
   chex.assert_trees_all_close(a.init(key), b.init(key))
+  chex.assert_trees_all_close(sim.context.build_model(5).init(key), b.init(key))
 
 
 def test_evaluate_by_hand_matches_the_run_and_sees_edited_params(tmp_path, csv, dataset):
