@@ -127,11 +127,11 @@ class Simulation:
     self.kind = config.model
     # The popularity prior's initial knots (models.popularity_prior), or ().
     self.prior = prior_knots(config, dataset) if prior is None else tuple(prior)
-    self.full_model = self._model(1)
-    self.shapes = {p: (dataset.num_items, int(config.embed_dim))
-                   for p in models.item_table_paths(self.kind)}
-    self.table_names = [p[0] for p in self.shapes]
+    # The context builds every model of the run (prior and layout included).
     self.context = context(config, dataset, self.prior)
+    self.full_model = self._model(1)
+    self.shapes = self.context.shapes
+    self.table_names = [p[0] for p in self.shapes]
     if algorithm is None or isinstance(algorithm, str):
       self.algorithm = algorithms.make(algorithm or config.algorithm, self.context)
     elif isinstance(algorithm, algorithms.Algorithm):
@@ -193,9 +193,7 @@ class Simulation:
         served_popularity(config, dataset) if popularity is None else popularity)
 
   def _model(self, num_users, item_sizes=None, seeds=None, **kwargs):
-    return build_model(self.config, self.dataset.num_items, num_users, item_sizes, seeds,
-                       prior=self.prior, layout=self.config.fair.get("layout", "hash"),
-                       **kwargs)
+    return self.context.build_model(num_users, item_sizes, seeds, **kwargs)
 
   def client_seeds(self, users, rnd=0):
     """Each client's table seeds [K, tables] in round rnd."""

@@ -141,17 +141,12 @@ def nested_sizes(rows, cols, compressions):
   _check_shape(rows, cols)
   out, prev = {}, None
   for c in sorted(set(compressions), reverse=True):
-    size = level_size(rows, cols, c, exact=True)
-    if size is None:
+    if level_size(rows, cols, c) is None:  # c == 1 (and c checked)
       out[c] = None
       continue
-    budget = int(fractions.Fraction(rows * cols) / fractions.Fraction(
-        int(c) if isinstance(c, numbers.Integral) else float(c)))
-    if prev is not None:
-      size = max(prev, budget // prev * prev)
-    else:
-      size = max(1, budget)
-    out[c] = prev = size
+    budget = max(1, int(fractions.Fraction(rows * cols) / fractions.Fraction(
+        int(c) if isinstance(c, numbers.Integral) else float(c))))
+    out[c] = prev = budget if prev is None else max(prev, budget // prev * prev)
   return out
 
 

@@ -95,11 +95,11 @@ def hashed_level(ctx, c, name, trains, spec, agg, per_client=False, trace_seeds=
 
 def spec_at(ctx, c, seed=None):
   """The hashed spec of every item table at compression c."""
-  nested = ctx.fair.get("sizes", "pow2") == "nested"
+  sizes = ctx.fair.get("sizes", "pow2")
   return subspace.make_spec(ctx.shapes, c, ctx.hash_seed if seed is None else seed,
-                            exact=ctx.exact_sizes or ctx.fair.get("sizes", "pow2") == "exact",
+                            exact=ctx.exact_sizes or sizes == "exact",
                             layout=ctx.fair.get("layout", "hash"),
-                            ladder=ctx.levels.compressions if nested else None)
+                            ladder=ctx.levels.compressions if sizes == "nested" else None)
 
 
 def spec_seeds(spec):
